@@ -1,0 +1,45 @@
+"""Atomic file writes: a file is written under a temporary name in the same folder and renamed.
+
+A reader therefore sees either the old file or the complete new one, never a half-written file,
+even when the process is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[IO[Any]], None], mode: str = "w"
+) -> None:
+    """Call ``write(fileobj)`` on a temporary file and rename it onto ``path``."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        write(f)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    atomic_write(path, lambda f: f.write(text))
