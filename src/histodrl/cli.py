@@ -109,6 +109,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(out=Path(args.out), minutes=args.minutes)
 
 
+# --- deform-preview (histodrl.deform) ------------------------------------------------------------
+
+
 # --- data: synth --------------------------------------------------------------------------------
 
 
