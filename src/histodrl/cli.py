@@ -109,6 +109,42 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(out=Path(args.out), minutes=args.minutes)
 
 
+@subcommand
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    from histodrl.pretext.options import add_pretrain_arguments
+
+    p = _add(
+        sub,
+        "pretrain",
+        "pretrain an encoder on unlabeled images (DRL or a baseline)",
+        _run_pretrain,
+    )
+    add_pretrain_arguments(p)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from histodrl.pretext.train import run_pretrain
+    from histodrl.training import config_dict
+
+    options = config_dict(args)
+    options.update(resume=args.resume, overwrite=args.overwrite)
+    return run_pretrain(options)
+
+
+@subcommand
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = _add(sub, "export", "write RUN/encoder.safetensors and RUN/MODEL_CARD.md", _run_export)
+    p.add_argument("run", help="a pretraining run folder")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from histodrl.pretext.base import export_run
+
+    path = export_run(Path(args.run))
+    print(f"histodrl: wrote {path} and {path.parent / 'MODEL_CARD.md'}")
+    return 0
+
+
 # --- deform-preview (histodrl.deform) ------------------------------------------------------------
 
 

@@ -1,0 +1,163 @@
+"""``histodrl pretrain``: resolve the options, build data and method, train, export."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from histodrl.errors import UserInputError
+from histodrl.training import (
+    StepBatchSampler,
+    dataset_len,
+    make_trainer,
+    prepare_run_dir,
+    read_config,
+    total_steps_for,
+    write_config,
+)
+
+# Options that may differ when a run is resumed (where and how it runs, not what it computes).
+RUNTIME_OPTIONS = {
+    "devices",
+    "num_nodes",
+    "strategy",
+    "accelerator",
+    "num_workers",
+    "no_progress",
+    "out",
+    "checkpoint_every",
+    "log_every",
+}
+
+
+def is_launcher_process() -> bool:
+    """True in the process the user started; False in the extra processes a DDP launcher starts.
+
+    Only the launcher prepares (or empties) the run folder and writes its config.
+    """
+    for var in ("SLURM_PROCID", "RANK"):
+        if os.environ.get(var, "0") != "0":
+            return False
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def resolve_config(options: dict[str, Any]) -> dict[str, Any]:
+    """Fill the defaults that depend on the data source (crop, epochs, λ) and on the machine."""
+    from histodrl.data.sources import parse_source
+
+    c = dict(options)
+    kind, _ = parse_source(c["data"])
+    if c.get("crop") is None:
+        c["crop"] = 96 if kind == "pcam" else 256
+    if c.get("epochs") is None:
+        c["epochs"] = 20.0 if kind == "pcam" else 200.0
+    if c.get("num_workers") is None:
+        c["num_workers"] = min(4, os.cpu_count() or 1)
+    if isinstance(c.get("sigma_range"), tuple):
+        c["sigma_range"] = list(c["sigma_range"])
+    if c["batch_size"] < 2 and c.get("method") in ("drl", "dim"):
+        raise UserInputError(f"--batch-size {c['batch_size']}: needs at least 2 images")
+    if c["crop"] < 32:
+        raise UserInputError(
+            f"--crop {c['crop']}: expected at least 32 (the trunk halves it 5 times)"
+        )
+    return c
+
+
+def run_pretrain(options: dict[str, Any]) -> int:
+    import lightning as L
+
+    from histodrl.data.sources import pretrain_dataset
+    from histodrl.pretext import method_class
+    from histodrl.pretext.base import export_run
+
+    run = Path(options["out"])
+    launcher = is_launcher_process()
+    if options.get("resume"):
+        saved = read_config(run) if launcher or (run / "config.yaml").is_file() else {}
+        config = {**saved, **{k: options[k] for k in RUNTIME_OPTIONS if k in options}}
+        if launcher:
+            prepare_run_dir(run, overwrite=False, resume=True)
+    else:
+        config = resolve_config(options)
+        if launcher:
+            prepare_run_dir(run, overwrite=bool(options.get("overwrite")), resume=False)
+    cls = method_class(config["method"])
+
+    dataset = pretrain_dataset(
+        config["data"],
+        crop=int(config["crop"]),
+        seed=int(config["seed"]),
+        min_tissue=config.get("min_tissue", 0.5),
+        mpp=config.get("mpp"),
+        level=config.get("level"),
+    )
+    n = dataset_len(dataset)
+    devices: Any = config["devices"]
+    devices = int(devices) if str(devices).isdigit() else devices
+    trainer = make_trainer(
+        run,
+        max_steps=-1,
+        devices=devices,
+        num_nodes=int(config.get("num_nodes", 1)),
+        strategy=str(config.get("strategy", "auto")),
+        precision=config.get("precision"),
+        accelerator=str(config.get("accelerator", "auto")),
+        checkpoint_every=int(config["checkpoint_every"]),
+        log_every=int(config["log_every"]),
+        progress=not config.get("no_progress"),
+        deterministic=bool(config.get("deterministic")),
+        sync_batchnorm=bool(config.get("sync_batchnorm")),
+    )
+    if options.get("resume"):
+        total = int(config["total_steps"])
+    else:
+        total = total_steps_for(
+            n, int(config["batch_size"]), trainer.world_size, float(config["epochs"])
+        )
+        if config.get("max_steps"):
+            # --max-steps alone sets the length; with an explicit --epochs it caps it.
+            cap = int(config["max_steps"])
+            total = cap if options.get("epochs") is None else min(total, cap)
+        config["total_steps"] = total
+    config["data_description"] = getattr(dataset, "description", config["data"])
+    trainer.fit_loop.epoch_loop.max_steps = total
+    if launcher and not options.get("resume"):
+        write_config(run, config)
+
+    L.seed_everything(int(config["seed"]), workers=True, verbose=False)
+    torch.use_deterministic_algorithms(bool(config.get("deterministic")), warn_only=True)
+    module = cls(config)
+    module.loader_factory = lambda m: _loader(m, dataset, config, total)
+    ckpt = str(run / "checkpoints" / "last.ckpt") if options.get("resume") else None
+    trainer.fit(module, ckpt_path=ckpt)
+    if trainer.is_global_zero:
+        path = export_run(run)
+        print(f"histodrl: wrote {path} and {run / 'MODEL_CARD.md'}")
+    return 0
+
+
+def _loader(module: Any, dataset: Any, config: dict[str, Any], total: int) -> DataLoader:
+    trainer = module.trainer
+    sampler = StepBatchSampler(
+        dataset_len(dataset),
+        int(config["batch_size"]),
+        total,
+        seed=int(config["seed"]),
+        rank=trainer.global_rank,
+        world_size=trainer.world_size,
+    )
+    sampler.start_step_fn = lambda: trainer.global_step
+    workers = int(config["num_workers"])
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )

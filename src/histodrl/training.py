@@ -1,0 +1,303 @@
+"""What every training command shares: run directories, step-indexed sampling, atomic checkpoints.
+
+A run is a folder (ARCHITECTURE.md "Runs"): ``config.yaml`` (every option written out, re-usable with
+``--config``), ``checkpoints/last.ckpt``, ``metrics.csv`` and the command's own outputs.
+
+Resuming is exact: the batches drawn at step ``t`` and every random number used in step ``t`` are
+functions of ``(seed, t)`` only (:class:`StepBatchSampler`, :func:`step_generator`), so a run killed
+at any point and continued with ``--resume`` from its last checkpoint computes the same updates as a
+run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+import shutil
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import Dataset, Sampler
+
+from histodrl import __version__
+from histodrl.errors import UserInputError
+from histodrl.io import atomic_path, atomic_write_text
+
+# Options that describe how a command was started rather than what it computes.
+_NOT_CONFIG = {"config", "resume", "overwrite", "debug", "command"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Run directories
+# ------------------------------------------------------------------------------------------------
+
+
+def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool, resume: bool) -> Path:
+    """Create (or reuse, for ``resume``) a run folder.
+
+    An existing non-empty folder is refused unless ``overwrite`` (it is then emptied) or ``resume``
+    (it must hold ``checkpoints/last.ckpt``).
+    """
+    run = Path(out)
+    if resume and overwrite:
+        raise UserInputError("--resume and --overwrite: choose one")
+    if resume:
+        if not (run / "checkpoints" / "last.ckpt").is_file():
+            raise UserInputError(f"{run}: nothing to resume (expected {run}/checkpoints/last.ckpt)")
+        return run
+    if run.exists() and not run.is_dir():
+        raise UserInputError(f"{run}: exists and is not a folder")
+    if run.is_dir() and any(run.iterdir()):
+        if not overwrite:
+            raise UserInputError(
+                f"{run}: run folder already exists (use --resume to continue it or --overwrite)"
+            )
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def config_dict(args: Any) -> dict[str, Any]:
+    """The resolved options of a command as a plain dict (argparse internals dropped)."""
+    items = vars(args) if not isinstance(args, dict) else args
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        if key.startswith("_") or key in _NOT_CONFIG:
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+def write_config(run: Path, config: dict[str, Any]) -> None:
+    """Write ``RUN/config.yaml`` atomically."""
+    atomic_write_text(run / "config.yaml", yaml.safe_dump(config, sort_keys=True))
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise UserInputError(f"{path}: not found (is {run} a histodrl run folder?)")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def versions() -> dict[str, str]:
+    """Versions worth recording in a model card."""
+    import lightning
+
+    return {
+        "histodrl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "cuda": str(torch.version.cuda),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Randomness as a function of (seed, step)
+# ------------------------------------------------------------------------------------------------
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from any tuple of ints and strings (stable across runs and platforms)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device | str) -> torch.Generator:
+    """The generator for everything random in training step ``step`` on process ``rank``."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(derive_seed(seed, "step", step, rank))
+    return gen
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields the batches of a whole run, batch ``t`` being a function of ``(seed, t)`` only.
+
+    Epoch ``e`` is a permutation of the dataset drawn from ``(seed, e)``; step ``t`` takes the
+    ``t``-th slice of ``batch_size * world_size`` indices of that stream (incomplete tails are
+    dropped), and process ``rank`` takes its own ``batch_size`` part. Iteration starts at
+    ``start_step_fn()``, which the trainer points at its restored global step, so resuming replays
+    nothing and skips nothing.
+    """
+
+    def __init__(
+        self,
+        dataset_len: int,
+        batch_size: int,
+        total_steps: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size * world_size > dataset_len:
+            raise UserInputError(
+                f"batch size {batch_size} x {world_size} process(es) is larger than the dataset "
+                f"({dataset_len} samples)"
+            )
+        self.dataset_len = dataset_len
+        self.batch_size = batch_size
+        self.total_steps = total_steps
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start_step_fn: Callable[[], int] = lambda: 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.dataset_len // (self.batch_size * self.world_size)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
+        return torch.randperm(self.dataset_len, generator=gen)
+
+    def __len__(self) -> int:
+        return self.total_steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        global_batch = self.batch_size * self.world_size
+        epoch, perm = -1, torch.empty(0, dtype=torch.long)
+        for step in range(self.start_step_fn(), self.total_steps):
+            e, k = divmod(step, self.steps_per_epoch)
+            if e != epoch:
+                epoch, perm = e, self._permutation(e)
+            start = k * global_batch + self.rank * self.batch_size
+            yield perm[start : start + self.batch_size].tolist()
+
+
+def total_steps_for(dataset_len: int, batch_size: int, world_size: int, epochs: float) -> int:
+    return max(1, math.floor(epochs * (dataset_len // (batch_size * world_size))))
+
+
+# ------------------------------------------------------------------------------------------------
+# Lightning plumbing
+# ------------------------------------------------------------------------------------------------
+
+
+def atomic_checkpoint_io():
+    """A Lightning CheckpointIO that writes to a temporary name and renames."""
+    from lightning.fabric.utilities.types import _PATH
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(
+            self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any = None
+        ) -> None:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+
+        def load_checkpoint(
+            self, path: _PATH, map_location: Any = None, weights_only: bool | None = None
+        ) -> dict[str, Any]:
+            if not Path(path).is_file():
+                raise UserInputError(f"{path}: checkpoint not found")
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+    return AtomicCheckpointIO()
+
+
+def make_trainer(
+    run: Path,
+    *,
+    max_steps: int,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+    accelerator: str = "auto",
+    checkpoint_every: int = 500,
+    log_every: int = 10,
+    progress: bool = True,
+    deterministic: bool = False,
+    sync_batchnorm: bool = False,
+    extra_callbacks: list[Any] | None = None,
+):
+    """A Lightning Trainer writing into ``run``: CSV metrics, ``checkpoints/last.ckpt``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    warnings.filterwarnings("ignore", message=".*dataloader is\\s+not resumable.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*dataloader.*not resumable.*")
+
+    if precision is None:
+        precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    loggers: list[Any] = [CSVLogger(save_dir=str(run), name="", version="")]
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run), name="tb", version=""))
+    except ImportError:
+        pass
+    checkpoint = ModelCheckpoint(
+        dirpath=str(run / "checkpoints"),
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=max(1, checkpoint_every),
+        save_on_train_epoch_end=True,
+    )
+    callbacks: list[Any] = [checkpoint, *(extra_callbacks or [])]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, log_every)))
+    if strategy == "auto" and (
+        (isinstance(devices, int) and devices > 1) or num_nodes > 1 or devices == -1
+    ):
+        strategy = "ddp"
+    if strategy == "ddp" and not torch.cuda.is_available():
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="gloo")
+    return L.Trainer(
+        default_root_dir=str(run),
+        max_steps=max_steps,
+        max_epochs=-1,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        logger=loggers,
+        callbacks=callbacks,
+        log_every_n_steps=max(1, log_every),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=deterministic,
+        sync_batchnorm=sync_batchnorm,
+        use_distributed_sampler=False,
+        plugins=[atomic_checkpoint_io()],
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+
+def check_finite(value: torch.Tensor, name: str, step: int) -> None:
+    """Stop with a one-line error when a loss is NaN or infinite (costs a host sync: call rarely)."""
+    if not torch.isfinite(value).all():
+        raise UserInputError(
+            f"{name} is {value.item()} at step {step}: training diverged "
+            "(lower the learning rate, check the input data, or use --precision 32-true)"
+        )
+
+
+def dataset_len(dataset: Dataset) -> int:
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise UserInputError("the data source has no length") from exc
+
+
+def print_err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
