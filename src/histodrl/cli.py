@@ -44,9 +44,13 @@ def load_config_defaults(parser: argparse.ArgumentParser, config_path: str) -> d
     if not isinstance(data, dict):
         raise UserInputError(f"{path}: expected a mapping of option names to values")
     known = {a.dest for a in parser._actions}
+    # Values a run derives and records for the reader (not options): skipped when reused.
+    derived = {"total_steps", "data_description"}
     defaults: dict[str, Any] = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
+        if dest in derived:
+            continue
         if dest not in known:
             raise UserInputError(f"{path}: unknown option {key!r}")
         defaults[dest] = value
