@@ -158,6 +158,38 @@ def _run_export(args: argparse.Namespace) -> int:
 # --- metrics: glas-metrics ----------------------------------------------------------------------
 
 
+@subcommand
+def _add_glas_metrics(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub,
+        "glas-metrics",
+        "score predicted instance label images with the GLaS object F1, Dice and Hausdorff",
+        _run_glas_metrics,
+    )
+    p.add_argument("pred_dir", metavar="PRED_DIR", help="predicted label images (testA_1*.png ...)")
+    p.add_argument("gt_dir", metavar="GT_DIR", help="annotations (testA_1_anno.bmp ...)")
+    p.add_argument(
+        "--aggregate",
+        choices=["pooled", "mean"],
+        default="pooled",
+        help="pooled: the challenge's set-level definition (default); mean: mean of per-image scores",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _run_glas_metrics(args: argparse.Namespace) -> int:
+    import json
+
+    from histodrl.metrics.label_files import evaluate_glas_folders, format_glas_table
+
+    results = evaluate_glas_folders(args.pred_dir, args.gt_dir, aggregate=args.aggregate)
+    if args.json:
+        print(json.dumps({"aggregate": args.aggregate, "parts": results}, indent=2))
+    else:
+        print(format_glas_table(results, args.aggregate))
+    return 0
+
+
 # --- downstream: segment, classify, probe -------------------------------------------------------
 
 
