@@ -1,6 +1,8 @@
 """GLaS object metrics: hand-worked edge cases, a brute-force reference, and real annotations."""
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +312,20 @@ def test_row_labels_above_255_are_distinct_objects():
     assert object_f1(np.where(gt == 1, 1, 0), gt) == pytest.approx(2 / 3)
 
 
+def test_huge_labels_covering_the_whole_image_without_background():
+    gt = np.full((4, 6), 2_000_000_000, dtype=np.int64)
+    gt[:, 3:] = 100_000
+    pred = np.zeros_like(gt)
+    pred[:, :4] = 7  # all of the first object (12 px) and 4 px of the second
+    # Pred 7's partner: 12 px of 2e9 vs 4 px of 1e5 -> 2e9, covered fully -> TP; FN: 1e5 -> F1 2/3.
+    assert object_f1(pred, gt) == pytest.approx(2 / 3)
+    # Pred side: 16 * 2*12/(16+12). GT side: 2e9 -> 12 * 2*12/28, 1e5 (partner 7, 4 px of 12) ->
+    # 12 * 2*4/(16+12).
+    expected = 0.5 * (2 * 12 / 28 + (12 * 24 / 28 + 12 * 8 / 28) / 24)
+    assert object_dice(pred, gt) == pytest.approx(expected)
+    assert (object_f1(gt, gt), object_dice(gt, gt), object_hausdorff(gt, gt)) == (1, 1, 0)
+
+
 def test_labels_are_never_relabelled_so_a_split_label_is_one_object():
     gt = np.zeros((3, 9), dtype=np.int32)
     gt[:, 0:2] = 4
@@ -518,3 +534,9 @@ def test_real_predictions_give_the_documented_pooled_and_mean_hausdorff():
     assert [(t.tp, t.fp, t.fn) for t in counts] == [(5, 0, 4), (2, 0, 0), (3, 0, 0), (5, 0, 0)]
     assert pooled["f1"] == pytest.approx(30 / 34)
     assert mean["f1"] == pytest.approx((10 / 14 + 3) / 4)
+
+
+def test_metrics_package_does_not_import_torch():
+    code = "import sys, histodrl.metrics; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
