@@ -65,7 +65,7 @@ def test_item_rng_depends_on_seed_epoch_and_index_only():
 def test_random_crop_box_reaches_every_position_and_stays_inside():
     rng = np.random.default_rng(0)
     boxes = {random_crop_box(5, 6, 4, rng) for _ in range(500)}
-    assert boxes == {(t, l) for t in range(2) for l in range(3)}
+    assert boxes == {(t, c) for t in range(2) for c in range(3)}
     with pytest.raises(ValueError, match="crop=7"):
         random_crop_box(5, 6, 7, rng)
 
