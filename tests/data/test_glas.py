@@ -204,13 +204,18 @@ def test_bad_grade_value_names_the_line(tmp_path):
         GlasDataset(tmp_path)
 
 
-def test_truncated_image_names_the_file_when_read(tmp_path):
+@pytest.mark.parametrize("name", ["train_2.bmp", "train_2_anno.bmp"])
+def test_truncated_file_names_the_file_when_the_dataset_is_built(tmp_path, name):
     write_pair(tmp_path, "train_1")
-    path = tmp_path / "train_1.bmp"
-    path.write_bytes(path.read_bytes()[:-500])
-    dataset = GlasDataset(tmp_path)  # the header is intact
-    with pytest.raises(UserInputError, match=r"train_1.bmp: cannot decode.*truncated"):
-        dataset[0]
+    write_pair(tmp_path, "train_2")
+    path = tmp_path / name
+    path.write_bytes(path.read_bytes()[:-500])  # the header stays intact
+    assert len(find_glas_records(tmp_path)) == 2
+    with pytest.raises(UserInputError, match=rf"{name}: cannot decode.*truncated"):
+        GlasDataset(tmp_path)
+    if name == "train_2.bmp":
+        with pytest.raises(UserInputError, match=rf"{name}: cannot decode.*truncated"):
+            GlasCrops(tmp_path, crop=16, stride=8)
 
 
 def test_empty_folder_and_missing_folder_are_errors(tmp_path):
