@@ -221,6 +221,11 @@ def test_truncated_file_names_the_file_when_the_dataset_is_built(tmp_path, name)
 def test_empty_folder_and_missing_folder_are_errors(tmp_path):
     with pytest.raises(UserInputError, match="no GLaS images"):
         GlasDataset(tmp_path)
+    inner = tmp_path / "Warwick QU Dataset (Released 2016_07_08)"
+    inner.mkdir()
+    write_pair(inner, "train_1")
+    with pytest.raises(UserInputError, match=r"did you mean .*Warwick QU Dataset"):
+        GlasDataset(tmp_path)
     with pytest.raises(UserInputError, match="expected a GLaS folder"):
         GlasDataset(tmp_path / "nope")
 

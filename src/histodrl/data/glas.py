@@ -240,9 +240,12 @@ def find_glas_records(
         for number in numbers:
             records.append(_record(root, found, part, number, grades, grade_path))
     if not records:
+        # The release unpacks into a subfolder ("Warwick QU Dataset (Released 2016_07_08)").
+        inner = sorted({p.parent for p in root.glob(f"*/{parts[0]}_1.*")})
+        hint = f"; did you mean {inner[0]}?" if inner else ""
         raise UserInputError(
             f"{root}: no GLaS images of part(s) {', '.join(parts)} "
-            f"(expected files named like {parts[0]}_1.bmp and {parts[0]}_1_anno.bmp)"
+            f"(expected files named like {parts[0]}_1.bmp and {parts[0]}_1_anno.bmp){hint}"
         )
     return records
 
