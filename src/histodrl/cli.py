@@ -155,6 +155,67 @@ def _run_export(args: argparse.Namespace) -> int:
 # --- data: synth --------------------------------------------------------------------------------
 
 
+@subcommand
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub, "synth", "write synthetic GLaS or PCam data in the real on-disk formats", _run_synth
+    )
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser, required=True)
+    glas = kinds.add_parser(
+        "glas",
+        help="H&E colon glands: train/testA/testB BMPs, instance _anno.bmp, Grade.csv",
+        description="Write a synthetic GLaS folder (readable as glas:DIR).",
+    )
+    glas.add_argument("dir", metavar="DIR", help="output folder")
+    glas.add_argument("--n-train", type=int, default=85, help="train images (default: 85)")
+    glas.add_argument("--n-test-a", type=int, default=60, help="testA images (default: 60)")
+    glas.add_argument("--n-test-b", type=int, default=20, help="testB images (default: 20)")
+    glas.add_argument(
+        "--size",
+        default="775x522",
+        help="WIDTHxHEIGHT of most images; 1 in 20 is smaller, as in GLaS (default: 775x522)",
+    )
+    pcam = kinds.add_parser(
+        "pcam",
+        help="96x96 lymph-node patches: the six PCam HDF5 files and three meta CSVs",
+        description="Write a synthetic PCam folder (readable as pcam:DIR).",
+    )
+    pcam.add_argument("dir", metavar="DIR", help="output folder")
+    pcam.add_argument("--n-train", type=int, default=2048, help="train patches (default: 2048)")
+    pcam.add_argument("--n-valid", type=int, default=256, help="valid patches (default: 256)")
+    pcam.add_argument("--n-test", type=int, default=256, help="test patches (default: 256)")
+    for q in (glas, pcam):
+        q.add_argument("--seed", type=int, default=0, help="same seed, same files (default: 0)")
+        q.add_argument("--overwrite", action="store_true", help="replace a dataset already in DIR")
+        q.add_argument("--config", help="YAML file of option values (command-line options win)")
+        q.set_defaults(_subparser=q)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    minimum = 0 if args.kind == "glas" else 1
+    counts = {k: v for k, v in vars(args).items() if k.startswith("n_")}
+    for name, n in counts.items():
+        if not isinstance(n, int) or n < minimum:
+            option = "--" + name.replace("_", "-")
+            raise UserInputError(f"{option} {n!r}: expected an integer >= {minimum}")
+    if args.kind == "glas":
+        from histodrl.data.synth_glas import make_glas, parse_size
+
+        if sum(counts.values()) == 0:
+            raise UserInputError("--n-train, --n-test-a, --n-test-b: expected at least one image")
+        out = make_glas(
+            args.dir, **counts, size=parse_size(args.size), seed=args.seed, overwrite=args.overwrite
+        )
+        what = f"{args.n_train} train, {args.n_test_a} testA, {args.n_test_b} testB images"
+    else:
+        from histodrl.data.synth_pcam import make_pcam
+
+        out = make_pcam(args.dir, **counts, seed=args.seed, overwrite=args.overwrite)
+        what = f"{args.n_train} train, {args.n_valid} valid, {args.n_test} test patches"
+    print(f"histodrl: wrote synthetic {args.kind} ({what}) to {out}")
+    return 0
+
+
 # --- metrics: glas-metrics ----------------------------------------------------------------------
 
 
