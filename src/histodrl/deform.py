@@ -19,6 +19,7 @@ shift, in pixels; ``deformed[b, :, i, j] = images[b, :, i + dy, j + dx]``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -131,7 +132,7 @@ def warp(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
     work = _work_dtype(images.dtype, displacement.dtype)
     # align_corners=True maps -1 and 1 to the centres of the first and last pixels, so the grid is
     # (pixel + shift) * 2 / (n - 1) - 1, computed in one pass with addcmul.
-    scale = torch.tensor([2.0 / (width - 1), 2.0 / (height - 1)], device=images.device, dtype=work)
+    scale = _constant((2.0 / (width - 1), 2.0 / (height - 1)), images.device, work)
     cols = torch.arange(width, device=images.device, dtype=work)
     rows = torch.arange(height, device=images.device, dtype=work)
     pixels = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)
@@ -405,6 +406,17 @@ def _uniform_noise(
 ) -> torch.Tensor:
     noise = torch.empty((batch, 2, height, width), device=probe.device, dtype=probe.dtype)
     return noise.uniform_(-1.0, 1.0, generator=generator)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant tensor, made once per device: a fresh host-to-GPU copy would synchronise.
+
+    Callers must not modify it in place. Made outside inference mode, so that a first call under
+    ``torch.inference_mode`` (e.g. Lightning's validation) does not cache an inference tensor.
+    """
+    with torch.inference_mode(False):
+        return torch.tensor(values, device=device, dtype=dtype)
 
 
 def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:

@@ -353,3 +353,13 @@ def test_augmentations_never_mix_images_of_a_batch():
         )
         assert max_abs_diff(batch_out[b : b + 1], alone) < 1e-6
     assert not np.allclose(batch_out[0].numpy(), batch_out[1].numpy())
+
+
+def test_normalize_backpropagates_after_a_first_call_in_inference_mode():
+    # Lightning validates under torch.inference_mode; cached constants must stay usable after.
+    with torch.inference_mode():
+        normalize(torch.rand(1, 3, 4, 4, dtype=torch.float64))
+    x = torch.rand(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    normalize(x).sum().backward()
+    expected = (1 / torch.tensor(IMAGENET_STD, dtype=torch.float64))[:, None, None].expand(3, 4, 4)
+    assert max_abs_diff(x.grad[0], expected) < 1e-12

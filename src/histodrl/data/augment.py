@@ -16,6 +16,7 @@ argument (a ``torch.Generator`` on the tensors' device; None uses the global RNG
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -93,8 +94,8 @@ def normalize(
         )
     if any(s == 0 for s in std):
         raise ValueError(f"std: expected non-zero values, got {std}")
-    mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype)[:, None, None]
-    std_t = torch.tensor(std, device=x.device, dtype=x.dtype)[:, None, None]
+    mean_t = _constant(tuple(mean), x.device, x.dtype)[:, None, None]
+    std_t = _constant(tuple(std), x.device, x.dtype)[:, None, None]
     return (x - mean_t) / std_t
 
 
@@ -202,7 +203,7 @@ def flip_rot90(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
             raise ValueError("params: a quarter turn (odd k) needs square images")
         turns = turns - turns % 2
     index = params[:, 0] * 8 + params[:, 1] * 4 + turns
-    matrices = _DIHEDRAL.to(images.device)[index]  # (B, 2, 2)
+    matrices = _on_device("dihedral", images.device)[index]  # (B, 2, 2)
     # Doubled centred coordinates keep everything in integers: u2 = 2 i - (H - 1).
     u2 = (2 * torch.arange(height, device=images.device) - (height - 1))[None, :, None]
     v2 = (2 * torch.arange(width, device=images.device) - (width - 1))[None, None, :]
@@ -489,8 +490,8 @@ def draw_color_jitter(
         raise ValueError(f"hue: expected a value in [0, 0.5], got {hue}")
     device = _resolve_device(generator, device)
     u = torch.rand((batch, 4), generator=generator, device=device, dtype=torch.float32)
-    low = torch.tensor([max(0.0, 1.0 - v) for v in strengths.values()] + [-hue], device=device)
-    high = torch.tensor([1.0 + v for v in strengths.values()] + [hue], device=device)
+    low = _constant((*(max(0.0, 1.0 - v) for v in strengths.values()), -hue), device)
+    high = _constant((*(1.0 + v for v in strengths.values()), hue), device)
     return low + (high - low) * u
 
 
@@ -613,8 +614,28 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     t = val * (1.0 - sat * (1.0 - frac))
     candidates = torch.stack((val, p, q, t), dim=1)  # (B, 4, H, W)
     sector = sector.long() % 6
-    picks = _SECTOR_PICKS.to(x.device)[:, sector].permute(1, 0, 2, 3)  # (B, 3, H, W)
+    picks = _on_device("sector_picks", x.device)[:, sector].permute(1, 0, 2, 3)  # (B, 3, H, W)
     return candidates.gather(1, picks)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(
+    values: tuple, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A small constant tensor, made once per device: a fresh host-to-GPU copy would synchronise.
+
+    Callers must not modify it in place. Made outside inference mode, so that a first call under
+    ``torch.inference_mode`` (e.g. Lightning's validation) does not cache an inference tensor.
+    """
+    with torch.inference_mode(False):
+        return torch.tensor(values, device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _on_device(name: str, device: torch.device) -> torch.Tensor:
+    """The module-level lookup table ``name`` on ``device``, copied there once (see _constant)."""
+    with torch.inference_mode(False):
+        return {"dihedral": _DIHEDRAL, "sector_picks": _SECTOR_PICKS}[name].to(device)
 
 
 def _check_images(x: torch.Tensor, name: str) -> None:
