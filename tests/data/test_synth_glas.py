@@ -21,7 +21,17 @@ from histodrl.data.synth_glas import (
 )
 from histodrl.errors import UserInputError
 
-REAL_GRADE_CSV = Path("/work/shared/data/glas-samples/Grade.csv")
+
+def _real_grade_csv() -> Path | None:
+    """The real Grade.csv from the shared fixtures, when this checkout has them."""
+    for shared in (Path(__file__).resolve().parents[2] / ".." / "shared", Path("/work/shared")):
+        path = shared / "data" / "glas-samples" / "Grade.csv"
+        if path.is_file():
+            return path
+    return None
+
+
+REAL_GRADE_CSV = _real_grade_csv()
 SIZE = (256, 192)
 
 
@@ -145,23 +155,39 @@ def test_plan_keeps_one_size_for_parts_under_20_and_scales_small_sizes():
     assert sizes == {(1550, 1044), (1178, 906), (1162, 884)}
 
 
-def test_grade_csv_has_the_real_files_layout_byte_for_byte():
-    real = REAL_GRADE_CSV.read_bytes()
+def test_grade_csv_has_the_real_quirks():
     ours = grade_csv_text(plan_glas(seed=0)).encode("ascii")
-    assert b"\n" not in ours and b"\n" not in real
-    assert not ours.endswith(b"\r") and not real.endswith(b"\r")
-    real_lines, our_lines = real.split(b"\r"), ours.split(b"\r")
-    assert our_lines[0] == real_lines[0] == GRADE_HEADER.encode()
-    assert len(our_lines) == len(real_lines) == 166
-    # Same names in the same (string) order: testA_1, testA_10, ..., train_9.
-    assert [ln.split(b",")[0] for ln in our_lines] == [ln.split(b",")[0] for ln in real_lines]
-    vocabulary = {b" benign", b" malignant"}
+    assert b"\n" not in ours and not ours.endswith(b"\r")  # bare CRs between lines only
+    lines = ours.split(b"\r")
+    assert lines[0] == b"name,patient ID, grade (GlaS), grade (Sirinukunwattana et al. 2015)"
+    assert len(lines) == 166
+    names = [ln.split(b",")[0].decode() for ln in lines[1:]]
+    assert names == sorted(names) and names[:3] == ["testA_1", "testA_10", "testA_11"]
     fine = {(" " + g).encode() for g in [*BENIGN_GRADES, *MALIGNANT_GRADES]}
-    for line in our_lines[1:]:
+    assert b" moderately-to-poorly differentated" in fine  # the misspelling is kept
+    grades = {}
+    for line in lines[1:]:
         name, patient, grade, fine_grade = line.split(b",")
         assert 1 <= int(patient) <= 16
-        assert grade in vocabulary and fine_grade in fine
-    assert b" moderately-to-poorly differentated" in fine  # the misspelling is kept
+        assert grade in (b" benign", b" malignant") and fine_grade in fine
+        assert (fine_grade.strip().decode() in MALIGNANT_GRADES) == (grade == b" malignant")
+        grades.setdefault(name.split(b"_")[0], []).append(grade)
+    assert [grades[p].count(b" benign") for p in (b"train", b"testA", b"testB")] == [37, 33, 4]
+
+
+@pytest.mark.skipif(REAL_GRADE_CSV is None, reason="shared/data/glas-samples not found")
+def test_grade_csv_lays_out_like_the_real_file_byte_for_byte():
+    real = REAL_GRADE_CSV.read_bytes()
+    ours = grade_csv_text(plan_glas(seed=0)).encode("ascii")
+    assert b"\n" not in real and not real.endswith(b"\r")
+    real_lines, our_lines = real.split(b"\r"), ours.split(b"\r")
+    assert our_lines[0] == real_lines[0] == GRADE_HEADER.encode()
+    # Same names in the same (string) order: testA_1, testA_10, ..., train_9.
+    assert [ln.split(b",")[0] for ln in our_lines] == [ln.split(b",")[0] for ln in real_lines]
+    # Same field layout: "name,patient, grade, fine grade" with the same vocabulary.
+    real_values = {tuple(ln.split(b",")[2:]) for ln in real_lines[1:]}
+    our_values = {tuple(ln.split(b",")[2:]) for ln in our_lines[1:]}
+    assert our_values == real_values
 
 
 def test_make_glas_writes_the_real_layout_readable_back(tmp_path):
@@ -217,6 +243,25 @@ def test_refuses_an_existing_dataset_unless_overwrite_then_removes_stale_files(t
     make_glas(tmp_path, n_train=1, n_test_a=0, n_test_b=0, size=(64, 64), overwrite=True)
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"train_1.bmp", "train_1_anno.bmp", "Grade.csv", "notes.txt"}
+
+
+def test_an_interrupted_overwrite_leaves_no_grade_csv(tmp_path, monkeypatch):
+    from histodrl.data import synth_glas
+
+    make_glas(tmp_path, n_train=2, n_test_a=0, n_test_b=0, size=(64, 64))
+    calls = []
+
+    def fail_on_second(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return render_glas_image(*args)
+
+    monkeypatch.setattr(synth_glas, "render_glas_image", fail_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        make_glas(tmp_path, n_train=2, n_test_a=0, n_test_b=0, size=(64, 64), overwrite=True)
+    assert not (tmp_path / "Grade.csv").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_writes_into_a_folder_without_a_dataset_and_refuses_a_file(tmp_path):

@@ -49,9 +49,16 @@ def test_known_tumour_placement_gives_the_pcam_label():
     assert batch.y.dtype == np.uint8
 
 
-def test_labels_follow_the_requested_labels_and_the_centre_rule():
-    labels = np.tile([0, 1], 60)
-    batch = render_pcam_patches(np.random.default_rng(1), labels)
+LABELS = np.tile([0, 1], 40)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return render_pcam_patches(np.random.default_rng(1), LABELS)
+
+
+def test_labels_follow_the_requested_labels_and_the_centre_rule(batch):
+    labels = LABELS
     np.testing.assert_array_equal(batch.y, labels)
     np.testing.assert_array_equal(batch.y, batch.tumour[:, 32:64, 32:64].any(axis=(1, 2)))
     negatives = labels == 0
@@ -82,9 +89,8 @@ def test_render_is_deterministic_for_a_seed():
     assert not np.array_equal(a.x, c.x)
 
 
-def test_patches_look_like_lymph_node_h_and_e_with_darker_bigger_tumour_nuclei():
-    labels = np.tile([0, 1], 30)
-    batch = render_pcam_patches(np.random.default_rng(5), labels)
+def test_patches_look_like_lymph_node_h_and_e_with_darker_bigger_tumour_nuclei(batch):
+    labels = LABELS
     rgb = batch.x.astype(np.float64)
     r, g, b = rgb.reshape(-1, 3).mean(axis=0)
     assert g < r and g < b, "H&E: green is the most absorbed channel"

@@ -595,9 +595,10 @@ def make_glas(
 ) -> Path:
     """Write a synthetic GLaS folder readable as ``glas:out_dir``.
 
-    Every file is written atomically; ``Grade.csv`` comes last, so a folder with a Grade.csv is
-    complete. With ``overwrite``, GLaS files of an earlier dataset that the new one does not have
-    (``train_90.bmp`` when writing 85) are removed after the new files are in place.
+    Every file is written atomically; ``Grade.csv`` comes last (an old one is removed first), so
+    a folder with a Grade.csv is complete. With ``overwrite``, GLaS files of an earlier dataset
+    that the new one does not have (``train_90.bmp`` when writing 85) are removed after the new
+    files are in place.
 
     Args:
         out_dir: the folder (created if missing).
@@ -621,6 +622,8 @@ def make_glas(
     out = Path(out_dir)
     check_output_folder(out, _is_glas_file, "GLaS", overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    # An overwrite interrupted half-way must not leave the old Grade.csv vouching for new images.
+    (out / "Grade.csv").unlink(missing_ok=True)
     written = {"Grade.csv"}
     for it in items:
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1 + it.part, it.index)))

@@ -135,16 +135,18 @@ def star_radius(
     """
     a, b = semi_axes
     cos, sin = np.cos(angle), np.sin(angle)
-    u = dx * cos + dy * sin
-    v = -dx * sin + dy * cos
-    rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    # (u/a, v/b) with the per-shape factors folded first: when dy and dx are a column and a row
+    # (a bounding box), only the two sums below run over every pixel.
+    ua = dx * (cos / a) + dy * (sin / a)
+    vb = dy * (cos / b) - dx * (sin / b)
+    rho = np.sqrt(ua * ua + vb * vb)
     if amplitudes is None:
         return rho
     # sum_k A_k cos(k*phi + phase_k) = Re(sum_k c_k z^k) with c_k = A_k e^(i phase_k) and
     # z = e^(i phi) the unit direction in the ellipse frame: a Horner polynomial, no trigonometry
     # per pixel.
-    coef = amplitudes * np.exp(1j * phases)
-    z = (u / a + 1j * (v / b)) / np.where(rho > 0, rho, 1.0)
+    z = (ua + 1j * vb) / np.where(rho > 0, rho, 1.0)
+    coef = (amplitudes * np.exp(1j * phases)).astype(z.dtype)  # complex64 for float32 offsets
     poly = coef[..., -1]
     for k in range(amplitudes.shape[-1] - 2, -1, -1):
         poly = poly * z + coef[..., k]
@@ -218,13 +220,16 @@ def stamp_ellipses(
             amp,
             pha,
         )
-        coverage = np.clip(0.5 + (1.0 - rho) * b, 0.0, 1.0)
-        keep = (coverage > 0) & (py >= 0) & (py < h) & (px >= 0) & (px < w)
-        index = py * w + px
+        # 0.5 + (1 - rho) * b, with the per-shape part computed once per shape.
+        coverage = (0.5 + b) - rho * b
+        np.clip(coverage, 0.0, 1.0, out=coverage)
+        keep = (coverage > 0) & ((py >= 0) & (py < h)) & ((px >= 0) & (px < w))
+        offset = py * w
         if batch_index is not None:
-            index = index + (batch_index[sl].astype(np.int64) * (h * w))[:, None, None]
-        paint = (coverage * values[sl, None, None]).astype(canvas.dtype)
-        np.maximum.at(flat, index[keep], paint[keep])
+            offset = offset + batch_index[sl, None, None].astype(np.int64) * (h * w)
+        index = offset + px
+        paint = coverage * values[sl, None, None].astype(np.float32)
+        np.maximum.at(flat, index[keep], paint[keep].astype(canvas.dtype, copy=False))
 
 
 def stain_to_rgb(
