@@ -1,6 +1,6 @@
 """Throughput of the elastic deformation against a plain scipy implementation, in one run.
 
-Run: ``.venv/bin/python benchmarks/deform.py [--batch 8] [--size 256] [--seconds 3] [--device cpu]``
+Run: ``.venv/bin/python benchmarks/deform.py [--batch 8] [--size 256] [--seconds 4] [--device cpu]``
 
 Prints images/s of :func:`histodrl.deform.elastic_deform` (exact, and the approximate mode) and of
 the canonical scipy recipe (``gaussian_filter(mode="constant")`` + ``map_coordinates(order=1)``,
@@ -39,26 +39,44 @@ def scipy_elastic_deform(
 
 
 def images_per_second(
-    fn: Callable[[], object], batch: int, seconds: float, sync: Callable
-) -> float:
-    fn()  # warm-up: first-call allocations and kernel selection
+    methods: dict[str, Callable[[], object]],
+    batch: int,
+    seconds: float,
+    sync: Callable,
+    rounds: int,
+) -> dict[str, float]:
+    """Time the methods in interleaved bursts, so a change of machine load hits them all alike."""
+    for fn in methods.values():
+        fn()  # warm-up: first-call allocations and kernel selection
     sync()
-    start = time.perf_counter()
-    done = 0
-    while time.perf_counter() - start < seconds:
-        fn()
-        done += batch
-    sync()
-    return done / (time.perf_counter() - start)
+    elapsed = dict.fromkeys(methods, 0.0)
+    done = dict.fromkeys(methods, 0)
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            while True:
+                fn()
+                done[name] += batch
+                sync()
+                if time.perf_counter() - start >= seconds / rounds:
+                    break
+            elapsed[name] += time.perf_counter() - start
+    return {name: done[name] / elapsed[name] for name in methods}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument("--seconds", type=float, default=4.0, help="time per method")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved bursts per method")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: all)"
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -69,26 +87,16 @@ def main() -> None:
     images_np = images.cpu().numpy()
     rng = np.random.default_rng(0)
 
-    rates = {
-        "scipy gaussian_filter + map_coordinates": images_per_second(
-            lambda: scipy_elastic_deform(images_np, sigma, alpha, rng),
-            batch,
-            args.seconds,
-            lambda: None,
+    methods = {
+        "scipy gaussian_filter + map_coordinates": lambda: scipy_elastic_deform(
+            images_np, sigma, alpha, rng
         ),
-        "elastic_deform exact": images_per_second(
-            lambda: elastic_deform(images, sigma, alpha, generator=generator),
-            batch,
-            args.seconds,
-            sync,
-        ),
-        "elastic_deform approximate": images_per_second(
-            lambda: elastic_deform(images, sigma, alpha, generator=generator, approximate=True),
-            batch,
-            args.seconds,
-            sync,
+        "elastic_deform exact": lambda: elastic_deform(images, sigma, alpha, generator=generator),
+        "elastic_deform approximate": lambda: elastic_deform(
+            images, sigma, alpha, generator=generator, approximate=True
         ),
     }
+    rates = images_per_second(methods, batch, args.seconds, sync, args.rounds)
     baseline = rates["scipy gaussian_filter + map_coordinates"]
     print(
         f"elastic deformation, {batch}x3x{size}x{size}, sigma={sigma:g} alpha={alpha:g}, "
