@@ -24,21 +24,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from histodrl.deform import elastic_deform, paper_sigma_alpha
-from histodrl.losses import (
-    gch_hard_loss,
-    gch_soft_loss,
-    gradient_penalty,
-    lsh_loss,
-    lsh_loss_literal,
-    prior_discriminator_loss,
-    prior_generator_loss,
-    sample_uniform_prior,
-)
+from histodrl.losses import gch_hard_loss, gch_soft_loss, lsh_loss, lsh_loss_literal
+from histodrl.losses.distributed import world_size
 from histodrl.nn import FeatureEnhanceModule, LocalDiscriminator, PriorDiscriminator
 from histodrl.pretext.base import PretextModule
+from histodrl.pretext.prior import prior_losses
 
 
 class DRL(PretextModule):
@@ -105,16 +97,8 @@ class DRL(PretextModule):
     def _prior(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(encoder's non-saturating prior loss, prior discriminator's loss)."""
         assert self.prior_d is not None
-        z = torch.sigmoid(pooled)
-        u = sample_uniform_prior(z.shape, generator=self.generator, device=z.device)
-        # The encoder's loss sees the discriminator with detached weights: no gradient reaches D.
-        frozen = {k: v.detach() for k, v in self.prior_d.named_parameters()}
-        gen_loss = prior_generator_loss(functional_call(self.prior_d, frozen, (z,)))
-        d_loss = prior_discriminator_loss(self.prior_d(u), self.prior_d(z.detach()))
         penalty = float(self.config.get("prior_penalty", 0.0))
-        if penalty > 0:
-            d_loss = d_loss + penalty * gradient_penalty(self.prior_d, torch.cat([u, z.detach()]))
-        return gen_loss, d_loss
+        return prior_losses(self.prior_d, pooled, self.generator, penalty)
 
     def _count_foreign_negatives(self, g_hat: torch.Tensor) -> torch.Tensor:
         """How many of the gathered deformed descriptors came from other processes (logged as the
@@ -165,7 +149,7 @@ class DRL(PretextModule):
             sim = g.detach() @ g_hat.detach().T
             target = torch.arange(n, device=sim.device)
             logs["gch_acc"] = (sim.argmax(dim=1) == target).float().mean()
-            if self.trainer.world_size > 1 and self.global_step % int(c["log_every"]) == 0:
+            if world_size() > 1 and self.global_step % int(c["log_every"]) == 0:
                 logs["foreign_negatives"] = self._count_foreign_negatives(g_hat.detach())
         # The main loss minus the prior discriminator's own term is what the paper calls L.
         logs["objective"] = (
