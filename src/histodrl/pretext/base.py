@@ -109,8 +109,16 @@ class PretextModule(L.LightningModule):
         if isinstance(batch, dict):
             batch = batch["image"]
         self._step_gen = step_generator(self.seed, self.global_step, self.global_rank, self.device)
-        x = to_float(batch)
-        return random_flip_rot90(x, generator=self._step_gen)
+        return self.augment(to_float(batch))
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """A random flip/rot90 per image; a method whose labels depend on orientation overrides it."""
+        return random_flip_rot90(x, generator=self.generator)
+
+    def training_dataset(self, dataset: Any) -> Any:
+        """The dataset the loader samples: ``dataset``, unless a method trains on its own view of it
+        (exemplar: its seed items, each with its surrogate class)."""
+        return dataset
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet normalisation and channels_last, the encoder's input layout."""
@@ -235,7 +243,7 @@ def model_card(run: Path, module: PretextModule, steps: int) -> str:
         f"- Steps: {steps}, batch {config['batch_size']} per process, Adam lr {config['lr']}",
         f"- Seed: {config['seed']}",
     ]
-    if config["method"] in ("drl", "dim"):
+    if config["method"] == "drl":
         lo, hi = config["sigma_range"]
         size = config.get("deform_size") or config["crop"]
         lines.append(

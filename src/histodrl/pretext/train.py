@@ -143,6 +143,7 @@ def run_pretrain(options: dict[str, Any]) -> int:
 
 def _loader(module: Any, dataset: Any, config: dict[str, Any], total: int) -> DataLoader:
     trainer = module.trainer
+    dataset = module.training_dataset(dataset)
     sampler = StepBatchSampler(
         dataset_len(dataset),
         int(config["batch_size"]),
