@@ -11,6 +11,13 @@ import argparse
 # name -> (module, class); imported only when the method is used.
 METHODS: dict[str, tuple[str, str]] = {
     "drl": ("histodrl.pretext.drl", "DRL"),
+    "dim": ("histodrl.pretext.dim", "DIM"),
+    "rotation": ("histodrl.pretext.rotation", "Rotation"),
+    "colorization": ("histodrl.pretext.colorization", "Colorization"),
+    "inpainting": ("histodrl.pretext.inpainting", "Inpainting"),
+    "exemplar": ("histodrl.pretext.exemplar", "Exemplar"),
+    "vae": ("histodrl.pretext.vae", "VAE"),
+    "genesis": ("histodrl.pretext.genesis", "Genesis"),
 }
 
 TAPS = ("conv3_4", "conv4_4", "conv5_4", "pool5")
@@ -71,7 +78,7 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mpp", type=float, default=None, help="wsi: target microns per pixel")
     g.add_argument("--level", type=int, default=None, help="wsi: pyramid level")
 
-    g = p.add_argument_group("DRL (method drl)")
+    g = p.add_argument_group("DRL (method drl; dim uses --tap, --gamma and --prior-penalty)")
     g.add_argument("--tap", choices=TAPS, default="conv4_4", help="encoder map X^Enc (M=32 at 256)")
     g.add_argument("--no-fem", action="store_true", help="ablation E9: no Feature Enhance Module")
     g.add_argument("--fem-branch-channels", type=int, default=128, help="FEM channels per branch")
@@ -91,7 +98,7 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--detach-soft-target", action="store_true", help="soft GCH: stop-grad target")
     g.add_argument("--prior-penalty", type=float, default=0.0, help="prior D gradient penalty")
 
-    g = p.add_argument_group("deformation (drl, dim)")
+    g = p.add_argument_group("deformation (drl)")
     g.add_argument(
         "--sigma-range",
         type=_float_pair,
@@ -104,4 +111,20 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="S used for sigma and alpha (default: the crop; 256 makes PCam moderate, METHOD.md d)",
+    )
+
+    g = p.add_argument_group(
+        "baselines (dim, rotation, colorization, inpainting, exemplar, vae, genesis)"
+    )
+    g.add_argument(
+        "--exemplar-classes",
+        type=int,
+        default=4000,
+        help="exemplar: surrogate classes, i.e. seed items drawn from the data (default: 4000)",
+    )
+    g.add_argument(
+        "--inpainting-adversarial",
+        type=float,
+        default=0.0,
+        help="inpainting: weight of the adversarial term (default: 0 = L2 only; paper: 0.001)",
     )
