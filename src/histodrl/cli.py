@@ -364,6 +364,102 @@ def _run_glas_metrics(args: argparse.Namespace) -> int:
 # --- downstream: segment, classify, probe -------------------------------------------------------
 
 
+def _add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+    """Options naming the trunk and its weights (classify and probe)."""
+    p.add_argument("--data", required=True, help="pcam:DIR, the PCam HDF5 files (train/valid/test)")
+    p.add_argument(
+        "--init",
+        default="random",
+        help="trunk weights: random (default), a pretraining RUN, FILE.safetensors, imagenet:FILE",
+    )
+    p.add_argument("--arch", choices=("vgg19_bn", "vgg19"), default="vgg19_bn", help="trunk")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (as pretrained)")
+    p.add_argument(
+        "--label-fraction",
+        type=float,
+        default=1.0,
+        help="seeded share of the labelled training split, in (0, 1] (paper: 0.0001 ... 1)",
+    )
+    p.add_argument("--cache-ram", action="store_true", help="read the PCam splits into memory")
+
+
+@subcommand
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    from histodrl.pretext.options import add_training_arguments
+
+    p = _add(
+        sub,
+        "classify",
+        "fine-tune a PCam patch classifier on a fraction of the labels (Table III)",
+        _run_classify,
+    )
+    _add_encoder_arguments(p)
+    add_training_arguments(p)
+    g = p.add_argument_group("classification")
+    g.add_argument("--epochs", type=float, default=30.0, help="passes over the labelled subset")
+    g.add_argument("--min-steps", type=int, default=1000, help="train at least this many steps")
+    g.add_argument("--max-steps", type=int, default=None, help="train at most this many steps")
+    g.add_argument("--batch-size", type=int, default=128, help="per process; capped by the subset")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    g.add_argument("--dropout", type=float, default=0.5, help="dropout before the Linear layer")
+    g.add_argument(
+        "--val-every",
+        type=int,
+        default=None,
+        help="steps between validations (default: 20 per run)",
+    )
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from histodrl.downstream.classify import run_classify
+    from histodrl.training import config_dict
+
+    options = config_dict(args)
+    options.update(resume=args.resume, overwrite=args.overwrite)
+    return run_classify(options)
+
+
+@subcommand
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub,
+        "probe",
+        "linear classifiers on frozen, pooled block features of a trunk (Fig. 4(a))",
+        _run_probe,
+    )
+    _add_encoder_arguments(p)
+    p.add_argument(
+        "--blocks",
+        default="conv2,conv3,conv4",
+        help="blocks to probe: conv1..conv5 or 1..5, comma-separated (default: conv2,conv3,conv4)",
+    )
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and the probes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
+    p.add_argument("--config", help="YAML file of options (a run's config.yaml works)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs of each linear classifier")
+    p.add_argument("--batch-size", type=int, default=256, help="batch of the linear classifiers")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (one device)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="trunk precision: bf16-mixed or 32-true (default: bf16-mixed on GPU, else 32-true)",
+    )
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="DataLoader workers (default: min(4, CPUs))"
+    )
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from histodrl.downstream.probe import run_probe
+    from histodrl.training import config_dict
+
+    options = config_dict(args)
+    options.update(overwrite=args.overwrite)
+    return run_probe(options)
+
+
 # --- experiments: reproduce ---------------------------------------------------------------------
 
 
