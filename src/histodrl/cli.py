@@ -57,20 +57,48 @@ def load_config_defaults(parser: argparse.ArgumentParser, config_path: str) -> d
     return defaults
 
 
+def _config_argument(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def _parse_with_config(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None
 ) -> argparse.Namespace:
     """Parse ``argv``; when a subcommand has ``--config FILE``, its values become the defaults.
 
-    Options given on the command line always win over the file.
+    Options given on the command line always win over the file; an option the file gives is no
+    longer required on the command line.
     """
+    argv = list(argv or [])
+    config = _config_argument(argv)
+    if config is not None:
+        choices = next(
+            (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {}
+        )
+        command = next((a for a in argv if a in choices), None)
+        if command is not None:
+            sub = choices[command]
+            defaults = load_config_defaults(sub, config)
+            for action in sub._actions:
+                if action.dest in defaults:
+                    action.required = False
+            sub.set_defaults(**defaults)
     args = parser.parse_args(argv)
-    config = getattr(args, "config", None)
     sub = getattr(args, "_subparser", None)
-    if config and sub is not None:
-        sub.set_defaults(**load_config_defaults(sub, config))
-        args = parser.parse_args(argv)
+    if sub is not None:
+        args._explicit = _explicit_dests(sub, argv)
     return args
+
+
+def _explicit_dests(sub: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The options the user typed (as opposed to defaults): a resumed run keeps its own values."""
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    return {a.dest for a in sub._actions if given & set(a.option_strings)}
 
 
 def _add(
@@ -131,7 +159,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     from histodrl.training import config_dict
 
     options = config_dict(args)
-    options.update(resume=args.resume, overwrite=args.overwrite)
+    options.update(resume=args.resume, overwrite=args.overwrite, explicit=sorted(args._explicit))
     return run_pretrain(options)
 
 
@@ -460,6 +488,37 @@ def _run_probe(args: argparse.Namespace) -> int:
     return run_probe(options)
 
 
+@subcommand
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    from histodrl.downstream.segment_options import add_segment_arguments
+
+    p = _add(
+        sub,
+        "segment",
+        "fine-tune a U-Net on GLaS glands and score test A / test B (Table I)",
+        _run_segment,
+    )
+    add_segment_arguments(p)
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from histodrl.downstream.segment import REPORT_FILE, run_segment
+    from histodrl.training import config_dict
+
+    options = config_dict(args)
+    options.update(resume=args.resume, overwrite=args.overwrite)
+    metrics = run_segment(options)
+    for part, values in metrics.items():
+        s = values["pooled"]
+        print(
+            f"histodrl: {part} ({values['n_images']} images, pooled): F1 {s['f1']:.4f}, "
+            f"object Dice {s['dice']:.4f}, object Hausdorff {s['hausdorff']:.2f}"
+        )
+    if metrics:
+        print(f"histodrl: wrote {Path(args.out) / REPORT_FILE}")
+    return 0
+
+
 # --- experiments: reproduce ---------------------------------------------------------------------
 
 
@@ -476,6 +535,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of a UserInputError, also when a DataLoader worker re-raised it with a traceback."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    last = lines[-1]
+    prefix = f"{UserInputError.__module__}.{UserInputError.__name__}: "
+    return last.removeprefix(prefix)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -489,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         if debug:
             raise
-        print(f"histodrl: error: {exc}", file=sys.stderr)
+        print(f"histodrl: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("histodrl: interrupted", file=sys.stderr)

@@ -11,7 +11,9 @@ run that was never interrupted.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import logging
 import math
 import os
 import platform
@@ -28,7 +30,7 @@ from torch.utils.data import Dataset, Sampler
 
 from histodrl import __version__
 from histodrl.errors import UserInputError
-from histodrl.io import atomic_path, atomic_write_text
+from histodrl.io import atomic_path, atomic_write, atomic_write_text
 
 # Options that describe how a command was started rather than what it computes.
 _NOT_CONFIG = {"config", "resume", "overwrite", "debug", "command"}
@@ -129,7 +131,9 @@ class StepBatchSampler(Sampler[list[int]]):
     ``t``-th slice of ``batch_size * world_size`` indices of that stream (incomplete tails are
     dropped), and process ``rank`` takes its own ``batch_size`` part. Iteration starts at
     ``start_step_fn()``, which the trainer points at its restored global step, so resuming replays
-    nothing and skips nothing.
+    nothing and skips nothing. With ``epoch_indices`` the indices of epoch ``e`` are offset by
+    ``e * dataset_len`` (for :class:`histodrl.data.crops.EpochSeeded` datasets, whose random crops
+    are a function of (seed, epoch, item)).
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class StepBatchSampler(Sampler[list[int]]):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        epoch_indices: bool = False,
     ) -> None:
         if batch_size * world_size > dataset_len:
             raise UserInputError(
@@ -152,6 +157,8 @@ class StepBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        # Datasets that draw a fresh random crop per epoch take ``epoch * len + i`` for item i.
+        self.epoch_indices = epoch_indices
         self.start_step_fn: Callable[[], int] = lambda: 0
 
     @property
@@ -173,7 +180,10 @@ class StepBatchSampler(Sampler[list[int]]):
             if e != epoch:
                 epoch, perm = e, self._permutation(e)
             start = k * global_batch + self.rank * self.batch_size
-            yield perm[start : start + self.batch_size].tolist()
+            batch = perm[start : start + self.batch_size]
+            if self.epoch_indices:
+                batch = batch + e * self.dataset_len
+            yield batch.tolist()
 
 
 def total_steps_for(dataset_len: int, batch_size: int, world_size: int, epochs: float) -> int:
@@ -226,15 +236,17 @@ def make_trainer(
     """A Lightning Trainer writing into ``run``: CSV metrics, ``checkpoints/last.ckpt``."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger
 
     warnings.filterwarnings("ignore", message=".*dataloader is\\s+not resumable.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*dataloader.*not resumable.*")
 
+    # Lightning's start-up chatter (accelerator tips) is not what a user needs to read.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if precision is None:
         precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
-    loggers: list[Any] = [CSVLogger(save_dir=str(run), name="", version="")]
+    loggers: list[Any] = [_run_csv_logger(run)]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -281,6 +293,62 @@ def make_trainer(
         num_sanity_val_steps=0,
         limit_val_batches=0,
     )
+
+
+def _run_csv_logger(run: Path):
+    """Lightning's CSV logger writing ``RUN/metrics.csv``, which it keeps (and appends to) on resume.
+
+    Lightning's own deletes an existing metrics file; :func:`trim_metrics` cuts it back to the
+    resumed step instead.
+    """
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class KeepingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as f:
+                    header = next(csv.reader(f), [])
+                self.metrics_keys = list(header)
+
+    class RunCSVLogger(CSVLogger):
+        @property
+        def experiment(self) -> ExperimentWriter:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = KeepingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return RunCSVLogger(save_dir=str(run), name="", version="")
+
+
+def trim_metrics(run: Path, from_step: int) -> None:
+    """Drop the rows of ``RUN/metrics.csv`` logged at or after ``from_step`` (they are redone)."""
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = [
+            r for r in reader if r.get("step") in (None, "") or int(float(r["step"])) < from_step
+        ]
+
+    def write(f: Any) -> None:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step stored in a Lightning checkpoint (read with weights_only=True)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserInputError(f"{path}: not a readable checkpoint ({exc})") from exc
+    return int(ckpt.get("global_step", 0))
 
 
 def check_finite(value: torch.Tensor, name: str, step: int) -> None:

@@ -32,7 +32,9 @@ def resolve_init_file(spec: str) -> Path | None:
     if spec.startswith("imagenet:"):
         path = Path(spec.removeprefix("imagenet:"))
         if not path.is_file():
-            raise UserInputError(f"{path}: ImageNet weight file not found (torchvision vgg19_bn .pth)")
+            raise UserInputError(
+                f"{path}: ImageNet weight file not found (torchvision vgg19_bn .pth)"
+            )
         return path
     path = Path(spec)
     if path.is_dir():
@@ -71,12 +73,12 @@ def load_init(encoder: nn.Module, spec: str) -> str:
         except ValueError as exc:
             raise UserInputError(f"{path}: {exc}") from exc
         return describe_init(spec)
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         state = load_file(str(path))
-    except (SafetensorsError, OSError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise UserInputError(f"{path}: not a readable safetensors file ({exc})") from exc
     state = {k: v for k, v in state.items() if k.startswith("features.")}
     expected = encoder.state_dict()

@@ -9,14 +9,17 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from histodrl.data.crops import EpochSeeded
 from histodrl.errors import UserInputError
 from histodrl.training import (
     StepBatchSampler,
+    checkpoint_step,
     dataset_len,
     make_trainer,
     prepare_run_dir,
     read_config,
     total_steps_for,
+    trim_metrics,
     write_config,
 )
 
@@ -49,7 +52,8 @@ def resolve_config(options: dict[str, Any]) -> dict[str, Any]:
     """Fill the defaults that depend on the data source (crop, epochs, λ) and on the machine."""
     from histodrl.data.sources import parse_source
 
-    c = dict(options)
+    # How the command was started is not part of the run's configuration.
+    c = {k: v for k, v in options.items() if k not in ("resume", "overwrite", "explicit")}
     kind, _ = parse_source(c["data"])
     if c.get("crop") is None:
         c["crop"] = 96 if kind == "pcam" else 256
@@ -79,9 +83,14 @@ def run_pretrain(options: dict[str, Any]) -> int:
     launcher = is_launcher_process()
     if options.get("resume"):
         saved = read_config(run) if launcher or (run / "config.yaml").is_file() else {}
-        config = {**saved, **{k: options[k] for k in RUNTIME_OPTIONS if k in options}}
+        explicit = set(options.get("explicit") or RUNTIME_OPTIONS)
+        runtime = {k: options[k] for k in RUNTIME_OPTIONS & explicit if k in options}
+        config = {**saved, **runtime}
+        if config.get("num_workers") is None:
+            config["num_workers"] = min(4, os.cpu_count() or 1)
         if launcher:
             prepare_run_dir(run, overwrite=False, resume=True)
+            trim_metrics(run, checkpoint_step(run / "checkpoints" / "last.ckpt"))
     else:
         config = resolve_config(options)
         if launcher:
@@ -135,6 +144,8 @@ def run_pretrain(options: dict[str, Any]) -> int:
     module.loader_factory = lambda m: _loader(m, dataset, config, total)
     ckpt = str(run / "checkpoints" / "last.ckpt") if options.get("resume") else None
     trainer.fit(module, ckpt_path=ckpt)
+    # Lightning checkpoints every N steps; the last step must be saved whatever N is.
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
     if trainer.is_global_zero:
         path = export_run(run)
         print(f"histodrl: wrote {path} and {run / 'MODEL_CARD.md'}")
@@ -151,6 +162,7 @@ def _loader(module: Any, dataset: Any, config: dict[str, Any], total: int) -> Da
         seed=int(config["seed"]),
         rank=trainer.global_rank,
         world_size=trainer.world_size,
+        epoch_indices=isinstance(dataset, EpochSeeded),
     )
     sampler.start_step_fn = lambda: trainer.global_step
     workers = int(config["num_workers"])
