@@ -506,7 +506,11 @@ def _run_segment(args: argparse.Namespace) -> int:
     from histodrl.training import config_dict
 
     options = config_dict(args)
-    options.update(resume=args.resume, overwrite=args.overwrite)
+    options.update(
+        resume=args.resume,
+        overwrite=args.overwrite,
+        explicit=sorted(getattr(args, "_explicit", ())),
+    )
     metrics = run_segment(options)
     for part, values in metrics.items():
         s = values["pooled"]

@@ -597,7 +597,10 @@ def resolve_config(options: dict[str, Any]) -> dict[str, Any]:
     """Options with every default filled in (:func:`segment_defaults`) and checked."""
     from histodrl.downstream.segment_options import DEFAULT_EPOCHS, segment_defaults
 
-    c = {**segment_defaults(), **{k: v for k, v in options.items() if v is not None}}
+    # How the command was started (resume, overwrite, ...) is not part of the run's config.
+    started = {"resume", "overwrite", "explicit", "config", "debug", "command"}
+    given = {k: v for k, v in options.items() if v is not None}
+    c = {k: v for k, v in {**segment_defaults(), **given}.items() if k not in started}
     if c.get("epochs") is None:
         c["epochs"] = DEFAULT_EPOCHS
     for key in ("data", "out"):
@@ -670,15 +673,17 @@ def run_segment(options: dict[str, Any]) -> dict[str, Any]:
         The metrics written to ``RUN/metrics.json`` (``{}`` in the extra processes of a
         multi-process run, which do not evaluate).
     """
-    from histodrl.data.glas import GlasDataset
+    from histodrl.data.glas import GlasDataset, find_glas_records
     from histodrl.downstream.init import describe_init, load_init
     from histodrl.downstream.segment_report import report_markdown, write_figures
     from histodrl.pretext.train import is_launcher_process
     from histodrl.training import (
+        checkpoint_step,
         make_trainer,
         prepare_run_dir,
         read_config,
         total_steps_for,
+        trim_metrics,
         write_config,
     )
 
@@ -687,14 +692,23 @@ def run_segment(options: dict[str, Any]) -> dict[str, Any]:
     launcher = is_launcher_process()
     if resume:
         saved = read_config(run) if launcher or (run / "config.yaml").is_file() else {}
-        config = {**saved, **{k: options[k] for k in RUNTIME_OPTIONS if k in options}}
+        # Only the runtime options the user typed override the run's own (all, from the library).
+        typed = options.get("explicit")
+        explicit = RUNTIME_OPTIONS if typed is None else set(typed)
+        runtime = {k: options[k] for k in RUNTIME_OPTIONS & explicit if options.get(k) is not None}
+        config = {**saved, **runtime}
+        if config.get("num_workers") is None:
+            config["num_workers"] = min(4, os.cpu_count() or 1)
     else:
         config = resolve_config(options)
     root = glas_root(config["data"])
     train = GlasDataset(root, parts=("train",))
+    find_glas_records(root, TEST_PARTS)  # no test images: say so now, not after training
     chosen = training_images(train, float(config["label_fraction"]), int(config["seed"]))
     if launcher:
         prepare_run_dir(run, overwrite=bool(options.get("overwrite")), resume=resume)
+        if resume:
+            trim_metrics(run, checkpoint_step(run / "checkpoints" / "last.ckpt"))
 
     devices: Any = config["devices"]
     devices = int(devices) if str(devices).isdigit() else devices
@@ -747,6 +761,8 @@ def run_segment(options: dict[str, Any]) -> dict[str, Any]:
     module.loader_factory = lambda m: _loader(m, dataset, config, total)
     ckpt = str(run / "checkpoints" / "last.ckpt") if resume else None
     trainer.fit(module, ckpt_path=ckpt)
+    # Lightning checkpoints every N steps; the last step must be saved whatever N is.
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
     if not trainer.is_global_zero:
         return {}
 

@@ -1,0 +1,133 @@
+"""``histodrl segment`` as a user runs it: outputs, --init, --contour, resume, config reuse, bad input."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from histodrl.cli import main
+from histodrl.nn import vgg19_bn
+
+TINY = ["--width", "0.125", "--crop", "64", "--num-workers", "0", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine's few cores are shared: one thread avoids oversubscription.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def glas(tmp_path_factory):
+    from histodrl.data.synth_glas import make_glas
+
+    root = tmp_path_factory.mktemp("glas")
+    make_glas(root, n_train=4, n_test_a=1, n_test_b=1, size=(128, 96), seed=1)
+    return root
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for needle in needles:
+        assert needle in err[0]
+
+
+def test_contour_run_from_an_encoder_file_writes_every_output(glas, tmp_path, capsys):
+    encoder = vgg19_bn(width=0.125, generator=torch.Generator().manual_seed(7))
+    weights = tmp_path / "encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(weights))
+    run = tmp_path / "run"
+    args = [
+        *("segment", "--data", f"glas:{glas}", "--out", str(run), *TINY),
+        *("--init", str(weights), "--contour", "--label-fraction", "0.5", "--dice-weight", "0.5"),
+        # A vanishing learning rate keeps the trunk at the loaded weights, so the load is visible.
+        *("--lr", "1e-12", "--max-steps", "3", "--figures", "1"),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "testA (1 images, pooled): F1" in out and "testB (1 images, pooled)" in out
+    assert f"wrote {run / 'report.md'}" in out
+
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    torch.testing.assert_close(
+        state["model.encoder.features.0.weight"], encoder.state_dict()["features.0.weight"]
+    )
+    assert state["model.head.weight"].shape[0] == 2  # gland and contour channels
+    names = (run / "train_images.txt").read_text().split()
+    assert len(names) == 2 and all(n.startswith("train_") for n in names)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"testA", "testB"}
+    assert set(metrics["testA"]) >= {"pooled", "mean", "n_images"}
+    assert sorted(p.name for p in (run / "predictions").iterdir()) == ["testA_1.png", "testB_1.png"]
+    report = (run / "report.md").read_text()
+    assert "pretrained encoder" in report and "contour <= 0.5" in report
+    assert "(figures/testA_1.png)" in report
+
+    # The same command again is refused, and nothing is lost.
+    assert main(args) == 2
+    _one_line_error(capsys, str(run), "--overwrite")
+    assert (run / "metrics.json").is_file()
+
+    # Resuming the finished run trains no further and scores the same model again.
+    assert main(["segment", "--data", f"glas:{glas}", "--out", str(run), "--resume"]) == 0
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+
+    # The run's config.yaml is a valid --config for a new run.
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["contour"] is True and config["label_fraction"] == 0.5
+    assert "overwrite" not in config and "resume" not in config
+    again = tmp_path / "again"
+    reuse = ["segment", "--config", str(run / "config.yaml"), "--data", f"glas:{glas}"]
+    assert main([*reuse, "--out", str(again), "--max-steps", "1", "--figures", "0"]) == 0
+    assert yaml.safe_load((again / "config.yaml").read_text())["contour"] is True
+
+
+def test_missing_glas_folder_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    status = main(["segment", "--data", f"glas:{missing}", "--out", str(tmp_path / "r"), *TINY])
+    assert status == 2
+    _one_line_error(capsys, str(missing))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_source_other_than_glas_is_refused(tmp_path, capsys):
+    status = main(["segment", "--data", f"folder:{tmp_path}", "--out", str(tmp_path / "r"), *TINY])
+    assert status == 2
+    _one_line_error(capsys, "glas:DIR")
+
+
+def test_glas_folder_without_test_images_is_refused_before_training(tmp_path, capsys):
+    from histodrl.data.synth_glas import make_glas
+
+    root = make_glas(tmp_path / "train_only", n_train=2, n_test_a=0, n_test_b=0, size=(96, 64))
+    status = main(["segment", "--data", f"glas:{root}", "--out", str(tmp_path / "r"), *TINY])
+    assert status == 2
+    _one_line_error(capsys, "testA")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value, needle",
+    [
+        ("--crop", "100", "--crop 100"),
+        ("--overlap", "1", "--overlap 1"),
+        ("--epochs", "0", "--epochs"),
+    ],
+)
+def test_impossible_option_values_are_one_line(glas, tmp_path, capsys, option, value, needle):
+    args = ["segment", "--data", f"glas:{glas}", "--out", str(tmp_path / "r"), *TINY]
+    assert main([*args, option, value]) == 2
+    _one_line_error(capsys, needle)
+
+
+def test_label_fraction_outside_zero_one_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "--data", "glas:x", "--out", str(tmp_path), "--label-fraction", "1.5"])
+    assert exc.value.code == 2
+    _one_line_error(capsys, "--label-fraction", "(0, 1]")
