@@ -12,7 +12,6 @@ from histodrl.data.glas import GlasDataset
 from histodrl.data.synth_glas import make_glas
 from histodrl.downstream.glands import contour_target
 from histodrl.downstream.segment import (
-    EpochSampler,
     SegmentationCrops,
     augment_batch,
     evaluate_glas_tests,
@@ -103,19 +102,6 @@ def test_one_image_still_fills_a_batch_of_two(glas):
     crops = SegmentationCrops(GlasDataset(glas), [5], 64, seed=0, min_length=2)
     assert len(crops) == 2
     assert not torch.equal(crops[0]["image"], crops[1]["image"])
-
-
-def test_epoch_sampler_indices_carry_their_epoch_and_resume_exactly():
-    sampler = EpochSampler(dataset_len=4, batch_size=2, total_steps=6, seed=0)
-    batches = list(sampler)
-    for step, batch in enumerate(batches):
-        assert all(index // 4 == step // 2 for index in batch)
-    for epoch in range(3):
-        items = sorted(i % 4 for b in batches[2 * epoch : 2 * epoch + 2] for i in b)
-        assert items == [0, 1, 2, 3]
-    resumed = EpochSampler(dataset_len=4, batch_size=2, total_steps=6, seed=0)
-    resumed.start_step_fn = lambda: 3
-    assert list(resumed) == batches[3:]
 
 
 def test_augmentation_moves_image_and_target_together():

@@ -6,7 +6,8 @@ and two 3x3 conv-BN-ReLU). The encoder starts from ``--init`` (random, a pretrai
 encoder file, or torchvision's ImageNet file, :func:`histodrl.downstream.init.load_init`; FEM and
 discriminators are never transferred), the decoder from random weights, and everything is
 fine-tuned with SGD, lr 0.005, batch 2 (paper IV-A.2; momentum 0.9 and weight decay 5e-4 are
-METHOD.md's assumptions).
+METHOD.md's assumptions). The learning rate follows the "poly" decay ``lr (1 - t/T)^0.9`` by
+default (``--schedule constant`` keeps it fixed; the paper gives only the initial value).
 
 Training (choices the paper leaves open, also in the README):
 
@@ -31,8 +32,9 @@ Training (choices the paper leaves open, also in the README):
 Inference on whole test images of any size: overlapping ``crop`` tiles blended with a Gaussian
 weight (:func:`~histodrl.downstream.sliding.sliding_window_logits`), sigmoid, then
 :func:`~histodrl.downstream.glands.instances_from_probabilities`: gland > threshold (and, with a
-contour channel, contour <= threshold before the connected components), holes filled, 8-connected
-components, objects under ``--min-object-area`` px removed. The instance maps are written to
+contour channel, contour <= threshold before the connected components, the contour band then
+given back to the nearest gland), holes filled, 8-connected components, objects under
+``--min-object-area`` px removed. The instance maps are written to
 ``RUN/predictions/<name>.png`` and scored with the GLaS object metrics, pooled (challenge
 definition) and per-image mean, for test A and test B separately (``RUN/metrics.json``).
 """
@@ -43,7 +45,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +121,8 @@ def window_side(crop: int) -> int:
 class SegmentationCrops(Dataset):
     """Random square windows of GLaS training images with their gland (and contour) targets.
 
-    Item ``k`` may carry its epoch (``k = epoch * len(self) + i``, as :class:`EpochSampler` emits):
+    Item ``k`` may carry its epoch (``k = epoch * len(self) + i``, as
+    :class:`~histodrl.training.StepBatchSampler` emits with ``epoch_indices=True``):
     the window of item ``i`` in epoch ``e`` is drawn from :func:`histodrl.data.crops.item_rng`
     ``(seed, e, i)``, so it depends on nothing else (not on workers or read order). Item ``i`` shows
     image ``images[i % len(images)]``; with ``min_length`` larger than the number of images, each
@@ -188,20 +191,6 @@ class SegmentationCrops(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(image[rows, cols].transpose(2, 0, 1))),
             "target": torch.from_numpy(np.stack(targets).astype(np.uint8)),
         }
-
-
-class EpochSampler(StepBatchSampler):
-    """:class:`histodrl.training.StepBatchSampler` whose indices carry their epoch.
-
-    Batch ``t`` holds ``epoch(t) * dataset_len + i`` for the indices ``i`` the parent draws, so
-    an epoch-seeded dataset (:class:`SegmentationCrops`) draws new windows every epoch.
-    """
-
-    def __iter__(self) -> Iterator[list[int]]:
-        start = self.start_step_fn()
-        for offset, batch in enumerate(super().__iter__()):
-            epoch = (start + offset) // self.steps_per_epoch
-            yield [epoch * self.dataset_len + i for i in batch]
 
 
 def augment_batch(
@@ -637,13 +626,14 @@ def training_images(glas: Any, fraction: float, seed: int) -> np.ndarray:
 
 def _loader(module: SegmentationModule, dataset: SegmentationCrops, config: dict, total: int):
     trainer = module.trainer
-    sampler = EpochSampler(
+    sampler = StepBatchSampler(
         len(dataset),
         int(config["batch_size"]),
         total,
         seed=int(config["seed"]),
         rank=trainer.global_rank,
         world_size=trainer.world_size,
+        epoch_indices=True,
     )
     sampler.start_step_fn = lambda: trainer.global_step
     workers = int(config["num_workers"])
@@ -762,7 +752,7 @@ def run_segment(options: dict[str, Any]) -> dict[str, Any]:
     ckpt = str(run / "checkpoints" / "last.ckpt") if resume else None
     trainer.fit(module, ckpt_path=ckpt)
     # Lightning checkpoints every N steps; the last step must be saved whatever N is.
-    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=False)
     if not trainer.is_global_zero:
         return {}
 

@@ -145,7 +145,7 @@ def run_pretrain(options: dict[str, Any]) -> int:
     ckpt = str(run / "checkpoints" / "last.ckpt") if options.get("resume") else None
     trainer.fit(module, ckpt_path=ckpt)
     # Lightning checkpoints every N steps; the last step must be saved whatever N is.
-    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=False)
     if trainer.is_global_zero:
         path = export_run(run)
         print(f"histodrl: wrote {path} and {run / 'MODEL_CARD.md'}")
