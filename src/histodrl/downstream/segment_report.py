@@ -50,10 +50,10 @@ def save_overlay_figure(path: Path, name: str, image, truth, prediction) -> None
     FigureCanvasAgg(fig)
     panels = [
         (image, name),
-        (outline_overlay(image, truth, TRUTH_COLOUR), f"ground truth ({int(truth.max())} glands)"),
+        (outline_overlay(image, truth, TRUTH_COLOUR), f"ground truth ({_glands(truth)})"),
         (
             outline_overlay(image, prediction, PREDICTION_COLOUR),
-            f"prediction ({len(np.unique(prediction[prediction > 0]))} glands)",
+            f"prediction ({_glands(prediction)})",
         ),
     ]
     for k, (panel, title) in enumerate(panels):
@@ -63,7 +63,12 @@ def save_overlay_figure(path: Path, name: str, image, truth, prediction) -> None
         ax.set_axis_off()
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+
+
+def _glands(labels: np.ndarray) -> str:
+    n = len(np.unique(labels[labels > 0]))
+    return f"{n} gland" if n == 1 else f"{n} glands"
 
 
 def write_figures(run: Path, images: Sequence[Any]) -> list[tuple[str, str]]:
