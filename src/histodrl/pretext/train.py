@@ -83,7 +83,8 @@ def run_pretrain(options: dict[str, Any]) -> int:
     launcher = is_launcher_process()
     if options.get("resume"):
         saved = read_config(run) if launcher or (run / "config.yaml").is_file() else {}
-        explicit = set(options.get("explicit") or RUNTIME_OPTIONS)
+        typed = options.get("explicit")  # None when called from Python: take every runtime value
+        explicit = RUNTIME_OPTIONS if typed is None else set(typed)
         runtime = {k: options[k] for k in RUNTIME_OPTIONS & explicit if k in options}
         config = {**saved, **runtime}
         if config.get("num_workers") is None:
