@@ -77,12 +77,20 @@ def _parse_with_config(
     argv = list(argv or [])
     config = _config_argument(argv)
     if config is not None:
-        choices = next(
-            (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {}
-        )
-        command = next((a for a in argv if a in choices), None)
-        if command is not None:
-            sub = choices[command]
+        # Descend through (nested) subcommands, e.g. "synth glas", to the parser that owns --config.
+        sub: argparse.ArgumentParser | None = None
+        current, rest = parser, list(argv)
+        while True:
+            choices = next(
+                (a.choices for a in current._actions if isinstance(a, argparse._SubParsersAction)),
+                None,
+            )
+            command = next((a for a in rest if choices and a in choices), None)
+            if command is None:
+                break
+            current = sub = choices[command]
+            rest = rest[rest.index(command) + 1 :]
+        if sub is not None:
             defaults = load_config_defaults(sub, config)
             for action in sub._actions:
                 if action.dest in defaults:

@@ -11,6 +11,7 @@ run that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
@@ -295,6 +296,27 @@ def make_trainer(
     )
 
 
+def trainer_from_config(run: Path, config: dict[str, Any], **extra: Any):
+    """:func:`make_trainer` with the shared run options of a command's resolved config."""
+    devices: Any = config.get("devices", 1)
+    devices = int(devices) if str(devices).isdigit() else devices
+    return make_trainer(
+        run,
+        max_steps=-1,
+        devices=devices,
+        num_nodes=int(config.get("num_nodes", 1)),
+        strategy=str(config.get("strategy", "auto")),
+        precision=config.get("precision"),
+        accelerator=str(config.get("accelerator", "auto")),
+        checkpoint_every=int(config["checkpoint_every"]),
+        log_every=int(config["log_every"]),
+        progress=not config.get("no_progress"),
+        deterministic=bool(config.get("deterministic")),
+        sync_batchnorm=bool(config.get("sync_batchnorm")),
+        **extra,
+    )
+
+
 def _run_csv_logger(run: Path):
     """Lightning's CSV logger writing ``RUN/metrics.csv``, which it keeps (and appends to) on resume.
 
@@ -369,3 +391,37 @@ def dataset_len(dataset: Dataset) -> int:
 
 def print_err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def autocast_for(device: torch.device, precision: str | None) -> Any:
+    """The autocast context of a Lightning precision name on ``device``.
+
+    ``bf16-mixed`` / ``bf16-true`` / ``bf16`` autocast to bfloat16, ``16-mixed`` / ``16`` to
+    float16, anything else (``32-true``) is a no-op; ``None`` means bf16 on CUDA, float32 elsewhere.
+    """
+    if precision is None:
+        precision = "bf16-mixed" if device.type == "cuda" else "32-true"
+    precision = str(precision)
+    if precision.startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision.startswith("16"):
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def resolve_device(accelerator: str) -> torch.device:
+    """The one device a plain-torch command runs on: ``auto`` picks CUDA when available.
+
+    Raises:
+        UserInputError: ``gpu``/``cuda`` asked for without a CUDA device, or an unknown name.
+    """
+    name = str(accelerator).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise UserInputError(f"--accelerator {accelerator}: no CUDA device is available")
+        return torch.device("cuda")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UserInputError(f"--accelerator {accelerator!r}: expected auto, cpu or gpu")

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from histodrl.errors import UserInputError
 from histodrl.io import atomic_path, atomic_write_text
+from histodrl.training import autocast_for
 
 SUBSET_FILE = "subset_indices.txt"
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -196,24 +197,6 @@ def eval_input(x: torch.Tensor) -> torch.Tensor:
     return normalize(to_float(x)).contiguous(memory_format=torch.channels_last)
 
 
-def autocast_for(device: torch.device, precision: str | None) -> Any:
-    """The autocast context of a Lightning precision name on ``device``.
-
-    ``bf16-mixed`` / ``bf16-true`` / ``bf16`` autocast to bfloat16, ``16-mixed`` / ``16`` to
-    float16, anything else (``32-true``) is a no-op; ``None`` means bf16 on CUDA, float32 elsewhere.
-    """
-    import contextlib
-
-    if precision is None:
-        precision = "bf16-mixed" if device.type == "cuda" else "32-true"
-    precision = str(precision)
-    if precision.startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision.startswith("16"):
-        return torch.autocast(device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def iterate_eval_batches(
     loader: DataLoader, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -295,24 +278,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def resolve_device(accelerator: str) -> torch.device:
-    """The one device a plain-torch command runs on: ``auto`` picks CUDA when available.
-
-    Raises:
-        UserInputError: ``gpu``/``cuda`` asked for without a CUDA device, or an unknown name.
-    """
-    name = str(accelerator).lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise UserInputError(f"--accelerator {accelerator}: no CUDA device is available")
-        return torch.device("cuda")
-    if name == "cpu":
-        return torch.device("cpu")
-    raise UserInputError(f"--accelerator {accelerator!r}: expected auto, cpu or gpu")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -664,9 +629,9 @@ def run_classify(options: dict[str, Any]) -> int:
     from histodrl.pretext.train import is_launcher_process
     from histodrl.training import (
         StepBatchSampler,
-        make_trainer,
         prepare_run_dir,
         read_config,
+        trainer_from_config,
     )
 
     run = Path(options["out"])
@@ -693,22 +658,7 @@ def run_classify(options: dict[str, Any]) -> int:
     if launcher:
         prepare_run_dir(run, overwrite=bool(options.get("overwrite")), resume=resume)
 
-    devices: Any = config["devices"]
-    devices = int(devices) if str(devices).isdigit() else devices
-    trainer = make_trainer(
-        run,
-        max_steps=-1,
-        devices=devices,
-        num_nodes=int(config.get("num_nodes", 1)),
-        strategy=str(config.get("strategy", "auto")),
-        precision=config.get("precision"),
-        accelerator=str(config.get("accelerator", "auto")),
-        checkpoint_every=int(config["checkpoint_every"]),
-        log_every=int(config["log_every"]),
-        progress=not config.get("no_progress"),
-        deterministic=bool(config.get("deterministic")),
-        extra_callbacks=[ValidationCallback()],
-    )
+    trainer = trainer_from_config(run, config, extra_callbacks=[ValidationCallback()])
     world = trainer.world_size
     batch_size = classify_batch_size(int(config["batch_size"]), len(subset), world)
     if resume:

@@ -42,19 +42,18 @@ from histodrl.downstream.classify import (
     METRICS_FILE,
     REPORT_FILE,
     SUBSET_FILE,
-    autocast_for,
     classification_scores,
     eval_loader,
     iterate_eval_batches,
     labelled_subset,
     markdown_table,
     pcam_splits,
-    resolve_device,
     write_json,
     write_subset,
 )
 from histodrl.errors import UserInputError
 from histodrl.io import atomic_path, atomic_write_text
+from histodrl.training import autocast_for, resolve_device
 
 PROBES_FILE = "probes.safetensors"
 

@@ -41,7 +41,6 @@ definition) and per-image mean, for test A and test B separately (``RUN/metrics.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -74,8 +73,10 @@ from histodrl.errors import UserInputError
 from histodrl.io import atomic_path, atomic_write_text
 from histodrl.training import (
     StepBatchSampler,
+    autocast_for,
     check_finite,
     derive_seed,
+    resolve_device,
     step_generator,
 )
 
@@ -376,24 +377,6 @@ class SegmentationModule(L.LightningModule):
 # ------------------------------------------------------------------------------------------------
 
 
-def autocast_for(device: torch.device, precision: str | None) -> Any:
-    """The autocast context of a Lightning precision name on ``device`` (a no-op for 32-bit)."""
-    if precision is None:
-        precision = "bf16-mixed" if device.type == "cuda" else "32-true"
-    if precision in ("bf16-mixed", "bf16", "bf16-true"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision in ("16-mixed", "16", "16-true"):
-        return torch.autocast(device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-def inference_device(accelerator: str) -> torch.device:
-    """Where the test images are segmented: CUDA when available unless ``--accelerator cpu``."""
-    if str(accelerator).lower() == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
 @torch.no_grad()
 def predict_probabilities(
     model: nn.Module,
@@ -669,10 +652,10 @@ def run_segment(options: dict[str, Any]) -> dict[str, Any]:
     from histodrl.pretext.train import is_launcher_process
     from histodrl.training import (
         checkpoint_step,
-        make_trainer,
         prepare_run_dir,
         read_config,
         total_steps_for,
+        trainer_from_config,
         trim_metrics,
         write_config,
     )
@@ -700,21 +683,7 @@ def run_segment(options: dict[str, Any]) -> dict[str, Any]:
         if resume:
             trim_metrics(run, checkpoint_step(run / "checkpoints" / "last.ckpt"))
 
-    devices: Any = config["devices"]
-    devices = int(devices) if str(devices).isdigit() else devices
-    trainer = make_trainer(
-        run,
-        max_steps=-1,
-        devices=devices,
-        num_nodes=int(config.get("num_nodes", 1)),
-        strategy=str(config.get("strategy", "auto")),
-        precision=config.get("precision"),
-        accelerator=str(config.get("accelerator", "auto")),
-        checkpoint_every=int(config["checkpoint_every"]),
-        log_every=int(config["log_every"]),
-        progress=not config.get("no_progress"),
-        deterministic=bool(config.get("deterministic")),
-    )
+    trainer = trainer_from_config(run, config)
     batch = int(config["batch_size"])
     if resume:
         total = int(config["total_steps"])
@@ -756,7 +725,7 @@ def run_segment(options: dict[str, Any]) -> dict[str, Any]:
     if not trainer.is_global_zero:
         return {}
 
-    model = module.model.to(inference_device(str(config.get("accelerator", "auto")))).eval()
+    model = module.model.to(resolve_device(str(config.get("accelerator", "auto")))).eval()
     metrics, kept = evaluate_glas_tests(
         model, root, config, predictions_dir=run / PREDICTIONS_DIR, keep=int(config["figures"])
     )

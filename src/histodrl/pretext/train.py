@@ -15,10 +15,10 @@ from histodrl.training import (
     StepBatchSampler,
     checkpoint_step,
     dataset_len,
-    make_trainer,
     prepare_run_dir,
     read_config,
     total_steps_for,
+    trainer_from_config,
     trim_metrics,
     write_config,
 )
@@ -107,22 +107,7 @@ def run_pretrain(options: dict[str, Any]) -> int:
         level=config.get("level"),
     )
     n = dataset_len(dataset)
-    devices: Any = config["devices"]
-    devices = int(devices) if str(devices).isdigit() else devices
-    trainer = make_trainer(
-        run,
-        max_steps=-1,
-        devices=devices,
-        num_nodes=int(config.get("num_nodes", 1)),
-        strategy=str(config.get("strategy", "auto")),
-        precision=config.get("precision"),
-        accelerator=str(config.get("accelerator", "auto")),
-        checkpoint_every=int(config["checkpoint_every"]),
-        log_every=int(config["log_every"]),
-        progress=not config.get("no_progress"),
-        deterministic=bool(config.get("deterministic")),
-        sync_batchnorm=bool(config.get("sync_batchnorm")),
-    )
+    trainer = trainer_from_config(run, config)
     if options.get("resume"):
         total = int(config["total_steps"])
     else:
