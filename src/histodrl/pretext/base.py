@@ -132,9 +132,13 @@ class PretextModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss, logs = self.pretext_step(batch)
         logs = {"loss": loss, **logs}
+        # A host sync, so only on logged steps and on steps followed by a checkpoint (a NaN must
+        # never be saved over the last good checkpoint).
+        step = self.global_step
         every = int(self.config.get("log_every", 10))
-        if self.global_step % every == 0:
-            check_finite(loss.detach(), "loss", self.global_step)
+        ckpt_every = int(self.config.get("checkpoint_every", 500))
+        if step % every == 0 or (step + 1) % ckpt_every == 0:
+            check_finite(loss.detach(), "loss", step)
         foreign = logs.pop("foreign_negatives", None)
         if foreign is not None:  # minimum over processes: did every process see the others?
             self.log("train/foreign_negatives", foreign, sync_dist=True, reduce_fx="min")
