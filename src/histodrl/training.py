@@ -241,6 +241,9 @@ def make_trainer(
     warnings.filterwarnings("ignore", message=".*dataloader is\\s+not resumable.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*dataloader.*not resumable.*")
+    # Lightning's own use of a deprecated torch API, nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
     # Lightning's start-up chatter (accelerator tips) is not what a user needs to read.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
