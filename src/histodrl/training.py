@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import importlib.util
 import logging
 import math
 import os
@@ -251,13 +252,10 @@ def make_trainer(
     if precision is None:
         precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
     loggers: list[Any] = [_run_csv_logger(run)]
-    try:
-        import tensorboard  # noqa: F401
+    if importlib.util.find_spec("tensorboard") is not None:  # TensorBoard when installed
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(save_dir=str(run), name="tb", version=""))
-    except ImportError:
-        pass
     checkpoint = ModelCheckpoint(
         dirpath=str(run / "checkpoints"),
         save_last=True,

@@ -129,7 +129,7 @@ def _parse_column(values: list[str]) -> list[Any]:
         try:
             return [convert(v) for v in values]
         except ValueError:
-            pass
+            continue
     if all(v in ("True", "False") for v in values):
         return [v == "True" for v in values]
     return values
