@@ -451,7 +451,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     from histodrl.training import config_dict
 
     options = config_dict(args)
-    options.update(resume=args.resume, overwrite=args.overwrite)
+    options.update(resume=args.resume, overwrite=args.overwrite, explicit=sorted(args._explicit))
     return run_classify(options)
 
 
@@ -532,6 +532,57 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 
 # --- experiments: reproduce ---------------------------------------------------------------------
+
+
+@subcommand
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = _add(
+        sub,
+        "reproduce",
+        "run the paper's tables and figures (every method x seed) and write OUT/<name>/report.md",
+        _run_reproduce,
+    )
+    p.add_argument(
+        "names",
+        nargs="+",
+        metavar="NAME",
+        help="table1, table2, table3, table4, fig4, fig5, or all",
+    )
+    p.add_argument("--out", required=True, help="output folder; finished runs in it are reused")
+    p.add_argument("--glas", help="GLaS folder (tables 1, 2, 4 and fig5)")
+    p.add_argument("--pcam", help="PCam folder (tables 3, 4 and fig4)")
+    p.add_argument(
+        "--imagenet", help="torchvision vgg19_bn .pth: adds the ImageNet row (--scale paper)"
+    )
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per row (default: 5)")
+    p.add_argument(
+        "--scale",
+        default="smoke",
+        help="smoke: 1/8-wide trunk, tiny crops, a few steps (tests the harness on a CPU); "
+        "paper: the paper's settings, for a GPU (default: smoke)",
+    )
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (every run)")
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="DataLoader workers (default: per scale)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the runs (reused or to run) only")
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from histodrl.experiments.reproduce import reproduce
+
+    return reproduce(
+        args.names,
+        out=args.out,
+        glas=args.glas,
+        pcam=args.pcam,
+        imagenet=args.imagenet,
+        seeds=args.seeds,
+        scale=args.scale,
+        accelerator=args.accelerator,
+        num_workers=args.num_workers,
+        dry_run=args.dry_run,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,22 @@ from histodrl import __version__
 from histodrl.errors import UserInputError
 from histodrl.io import atomic_path, atomic_write, atomic_write_text
 
+# Options that may differ when a run is resumed: where and how it runs, not what it computes.
+RUNTIME_OPTIONS = frozenset(
+    {
+        "devices",
+        "num_nodes",
+        "strategy",
+        "accelerator",
+        "num_workers",
+        "no_progress",
+        "out",
+        "checkpoint_every",
+        "log_every",
+        "cache_ram",
+    }
+)
+
 # Options that describe how a command was started rather than what it computes.
 _NOT_CONFIG = {"config", "resume", "overwrite", "debug", "command"}
 
@@ -93,6 +109,26 @@ def read_config(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserInputError(f"{path}: not found (is {run} a histodrl run folder?)")
     return yaml.safe_load(path.read_text()) or {}
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def resumed_config(run: Path, options: dict[str, Any], *, launcher: bool = True) -> dict[str, Any]:
+    """A run's saved configuration, with the runtime options the user typed on top.
+
+    ``options["explicit"]`` lists the options typed on the command line; ``None`` (a call from
+    Python) lets every runtime option in ``options`` override the saved value.
+    """
+    saved = read_config(run) if launcher or (Path(run) / "config.yaml").is_file() else {}
+    typed = options.get("explicit")
+    explicit = RUNTIME_OPTIONS if typed is None else set(typed)
+    runtime = {k: options[k] for k in RUNTIME_OPTIONS & explicit if options.get(k) is not None}
+    config = {**saved, **runtime}
+    if config.get("num_workers") is None:
+        config["num_workers"] = default_workers()
+    return config
 
 
 def versions() -> dict[str, str]:

@@ -62,21 +62,6 @@ CROP_RATIO = (3 / 4, 4 / 3)
 # Colour jitter strengths (the paper says "color jittering" only); mild, as H&E stain variation.
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.04}
 
-# Options that may differ when a run is resumed (where and how it runs, not what it computes).
-RUNTIME_OPTIONS = {
-    "devices",
-    "num_nodes",
-    "strategy",
-    "accelerator",
-    "num_workers",
-    "no_progress",
-    "out",
-    "checkpoint_every",
-    "log_every",
-    "cache_ram",
-}
-
-
 # ------------------------------------------------------------------------------------------------
 # Shared with histodrl probe: data, subsets, evaluation, reports
 # ------------------------------------------------------------------------------------------------
@@ -630,7 +615,7 @@ def run_classify(options: dict[str, Any]) -> int:
     from histodrl.training import (
         StepBatchSampler,
         prepare_run_dir,
-        read_config,
+        resumed_config,
         trainer_from_config,
     )
 
@@ -638,8 +623,7 @@ def run_classify(options: dict[str, Any]) -> int:
     resume = bool(options.get("resume"))
     launcher = is_launcher_process()
     if resume:
-        saved = read_config(run)
-        config = {**saved, **{k: options[k] for k in RUNTIME_OPTIONS if k in options}}
+        config = resumed_config(run, options, launcher=launcher)
         check_options(config)
     else:
         config = resolve_config(options)

@@ -94,21 +94,6 @@ CROP_RATIO = (3 / 4, 4 / 3)
 # Mild, as H&E stain variation (the paper says "color jittering" only).
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.04}
 
-# Options that may differ when a run is resumed (where and how it runs, not what it computes).
-RUNTIME_OPTIONS = {
-    "devices",
-    "num_nodes",
-    "strategy",
-    "accelerator",
-    "num_workers",
-    "no_progress",
-    "out",
-    "checkpoint_every",
-    "log_every",
-    "tile_batch",
-}
-
-
 # ------------------------------------------------------------------------------------------------
 # Training data
 # ------------------------------------------------------------------------------------------------
@@ -653,7 +638,7 @@ def run_segment(options: dict[str, Any]) -> dict[str, Any]:
     from histodrl.training import (
         checkpoint_step,
         prepare_run_dir,
-        read_config,
+        resumed_config,
         total_steps_for,
         trainer_from_config,
         trim_metrics,
@@ -664,14 +649,7 @@ def run_segment(options: dict[str, Any]) -> dict[str, Any]:
     resume = bool(options.get("resume"))
     launcher = is_launcher_process()
     if resume:
-        saved = read_config(run) if launcher or (run / "config.yaml").is_file() else {}
-        # Only the runtime options the user typed override the run's own (all, from the library).
-        typed = options.get("explicit")
-        explicit = RUNTIME_OPTIONS if typed is None else set(typed)
-        runtime = {k: options[k] for k in RUNTIME_OPTIONS & explicit if options.get(k) is not None}
-        config = {**saved, **runtime}
-        if config.get("num_workers") is None:
-            config["num_workers"] = min(4, os.cpu_count() or 1)
+        config = resumed_config(run, options, launcher=launcher)
     else:
         config = resolve_config(options)
     root = glas_root(config["data"])

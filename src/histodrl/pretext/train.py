@@ -16,25 +16,12 @@ from histodrl.training import (
     checkpoint_step,
     dataset_len,
     prepare_run_dir,
-    read_config,
+    resumed_config,
     total_steps_for,
     trainer_from_config,
     trim_metrics,
     write_config,
 )
-
-# Options that may differ when a run is resumed (where and how it runs, not what it computes).
-RUNTIME_OPTIONS = {
-    "devices",
-    "num_nodes",
-    "strategy",
-    "accelerator",
-    "num_workers",
-    "no_progress",
-    "out",
-    "checkpoint_every",
-    "log_every",
-}
 
 
 def is_launcher_process() -> bool:
@@ -82,13 +69,7 @@ def run_pretrain(options: dict[str, Any]) -> int:
     run = Path(options["out"])
     launcher = is_launcher_process()
     if options.get("resume"):
-        saved = read_config(run) if launcher or (run / "config.yaml").is_file() else {}
-        typed = options.get("explicit")  # None when called from Python: take every runtime value
-        explicit = RUNTIME_OPTIONS if typed is None else set(typed)
-        runtime = {k: options[k] for k in RUNTIME_OPTIONS & explicit if k in options}
-        config = {**saved, **runtime}
-        if config.get("num_workers") is None:
-            config["num_workers"] = min(4, os.cpu_count() or 1)
+        config = resumed_config(run, options, launcher=launcher)
         if launcher:
             prepare_run_dir(run, overwrite=False, resume=True)
             trim_metrics(run, checkpoint_step(run / "checkpoints" / "last.ckpt"))
