@@ -146,13 +146,18 @@ def tsne_2d(points: np.ndarray, seed: int) -> np.ndarray:
         float64 coordinates. Shape: (P, 2).
     """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     p = points.shape[0]
     if points.ndim != 2 or p < 4:
         raise ValueError(f"points {points.shape}: expected (P, C) with P >= 4")
     perplexity = min(30.0, (p - 1) / 3)
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
-    return np.asarray(tsne.fit_transform(np.asarray(points, dtype=np.float64)), dtype=np.float64)
+    # A few hundred points take well under a second on one thread; OpenMP threads fighting over
+    # busy cores made the same fit 100x slower.
+    with threadpool_limits(limits=1):
+        xy = tsne.fit_transform(np.asarray(points, dtype=np.float64))
+    return np.asarray(xy, dtype=np.float64)
 
 
 def embed_run(
