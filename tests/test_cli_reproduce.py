@@ -126,7 +126,7 @@ def test_dry_run_lists_the_runs_without_running_them(data, tmp_path, capsys):
         (["table5", "--glas", "G"], ["table5: unknown table or figure", "table1"]),
         (["table4", "--seeds", "0"], ["--seeds 0: expected an integer >= 1"]),
         (["table1"], ["--glas: table1 needs the GLaS folder"]),
-        (["table3", "--pcam", "/no/such/pcam"], ["--pcam /no/such/pcam: expected the PCAM folder"]),
+        (["table3", "--pcam", "/no/such/pcam"], ["--pcam /no/such/pcam: expected the PCam folder"]),
         (["table2", "--glas", "G", "--scale", "large"], ["--scale large"]),
     ],
 )

@@ -199,7 +199,7 @@ def test_dry_run_lists_the_runs_and_writes_nothing(data, tmp_path):
         ({"scale": "huge"}, "--scale huge: expected one of smoke, paper"),
         ({"glas": None}, "--glas: table4 needs the GLaS folder"),
         ({"pcam": None, "names": ["fig4"]}, "--pcam: fig4 needs the PCam folder"),
-        ({"glas": "/nonexistent/glas"}, "--glas /nonexistent/glas: expected the GLAS folder"),
+        ({"glas": "/nonexistent/glas"}, "--glas /nonexistent/glas: expected the GLaS folder"),
         ({"imagenet": "/nonexistent.pth"}, "--imagenet /nonexistent.pth: file not found"),
         ({"num_workers": -1}, "--num-workers -1"),
     ],

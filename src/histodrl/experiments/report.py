@@ -257,7 +257,7 @@ def render_table1(exp: Experiment, results: Results, settings: Settings, folder:
             ]
         table.append(p_row)
         s.results.append(f"### Test {part[-1]}\n\n" + markdown_table(header, table))
-        keys = [k for k in _keys(exp)]
+        keys = _keys(exp)
         for col, m in enumerate(SEGMENTATION):
             bar_panel(
                 axes[row * 3 + col],
@@ -291,14 +291,14 @@ def render_table2(exp: Experiment, results: Results, settings: Settings, folder:
     for i, part in enumerate(PARTS):
         header = ["Method"] + [c for col in columns for c in (f"{col} (ours)", "paper")]
         table = []
-        for method in ("dim", "drl"):
+        for method, label in (("dim", "DIM [14]"), ("drl", "DRL")):
             cells = []
             for tap in taps:
                 cells += [
                     ours(results, f"{method}-{tap}", "segment", part, "dice"),
                     paper_cell(paper.TABLE2[method][tap], 3),
                 ]
-            table.append([_label_of(exp, f"{method}-conv4_4").rsplit(" ", 1)[0], *cells])
+            table.append([label, *cells])
         p_row = ["p-value, DRL vs DIM"]
         for tap in taps:
             p_row += [

@@ -447,7 +447,8 @@ def _folder_option(value: str | None, kind: str) -> str | None:
         return None
     path = value.removeprefix(f"{kind}:")
     if not Path(path).is_dir():
-        raise UserInputError(f"--{kind} {value}: expected the {kind.upper()} folder")
+        name = {"glas": "GLaS", "pcam": "PCam"}[kind]
+        raise UserInputError(f"--{kind} {value}: expected the {name} folder (not found)")
     return str(Path(path).resolve())
 
 
@@ -463,10 +464,9 @@ def _check_data(exp: Experiment, settings: Settings) -> dict[str, str]:
             raise UserInputError(f"--glas: {exp.name} needs the GLaS folder (--glas DIR)")
         from histodrl.data.glas import find_glas_records
 
-        counts = [
-            f"{len(find_glas_records(settings.glas, (part,)))} {part}"
-            for part in ("train", "testA", "testB")
-        ]
+        records = find_glas_records(settings.glas, ("train",))
+        records += find_glas_records(settings.glas, ("testA", "testB"))
+        counts = [f"{sum(r.part == p for r in records)} {p}" for p in ("train", "testA", "testB")]
         described["glas"] = f"GLaS `{settings.glas}` ({', '.join(counts)} images)"
     if "pcam" in exp.datasets:
         if settings.pcam is None:
@@ -490,6 +490,8 @@ def _check_plan_file(folder: Path, settings: Settings, exp: Experiment) -> None:
             saved = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise UserInputError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(saved, dict):
+            raise UserInputError(f"{path}: expected a JSON object (written by histodrl reproduce)")
         for key, value in current.items():
             if key in saved and saved[key] != value:
                 raise UserInputError(
@@ -596,7 +598,10 @@ def reproduce(
     for exp in experiments:
         folder = settings.out / exp.name
         jobs = plan(exp, settings)
-        echo(f"histodrl: {exp.name}: {len(jobs)} runs ({seeds} seed(s), {scale} scale) in {folder}")
+        echo(
+            f"histodrl: {exp.name}: {len(jobs)} runs ({seeds} seed(s), {scale} scale) in {folder}; "
+            f"each run's output goes to {folder / LOGS_DIR}"
+        )
         if not dry_run:
             _check_plan_file(folder, settings, exp)
         counts = run_jobs(jobs, folder / LOGS_DIR, runner=runner, echo=echo, dry_run=dry_run)
