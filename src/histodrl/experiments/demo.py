@@ -30,8 +30,8 @@ MARKER = ".histodrl-demo"
 # Step budgets at --minutes 10, measured on a 2-core CPU (see the README's demo timing).
 WIDTH = "0.25"
 CROP = "96"
-PRETRAIN_STEPS = 1200
-SEGMENT_STEPS = 600
+PRETRAIN_STEPS = 900
+SEGMENT_STEPS = 450
 LABEL_FRACTION = "0.5"
 
 
