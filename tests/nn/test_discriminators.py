@@ -162,3 +162,32 @@ def test_same_generator_seed_gives_the_same_discriminators():
     a, b, c = make(7), make(7), make(8)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["layers.0.weight"], c["layers.0.weight"])
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+@pytest.mark.parametrize("shared_size", [(5, 6), (1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_forward_shared_equals_the_shared_part_repeated_per_group(
+    kernel_size, shared_size, channels_last
+):
+    torch.manual_seed(0)
+    d = LocalDiscriminator(7, widths=(6, 5), kernel_size=kernel_size)
+    local = torch.randn(3 * 4, 4, 5, 6, requires_grad=True)
+    shared = torch.randn(4, 3, *shared_size, requires_grad=True)
+    if channels_last:
+        local = local.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    # Reference: every group gets an explicit copy of the shared part, tiled to the map.
+    tiled = shared.expand(4, 3, 5, 6).repeat(3, 1, 1, 1)
+    expected = d.layers(torch.cat([local, tiled], dim=1))
+    got = d.forward_shared(local, shared)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(got.square().sum(), (local, shared))
+    ref = torch.autograd.grad(expected.square().sum(), (local, shared))
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_shared_rejects_a_batch_that_is_not_whole_groups():
+    d = LocalDiscriminator(4, widths=(3,))
+    with pytest.raises(ValueError, match="groups"):
+        d.forward_shared(torch.randn(5, 2, 3, 3), torch.randn(2, 2, 3, 3))

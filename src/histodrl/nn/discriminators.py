@@ -124,6 +124,44 @@ class LocalDiscriminator(nn.Module):
                 out = out + term
         return self.layers[2:](F.relu(out, inplace=True))
 
+    def forward_shared(self, local: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """D on ``k`` groups of pairs that share their second part: ``D(local, shared.repeat(k))``.
+
+        DRL scores (e, f) and (ê, f), DIM (e_i, g_i) and (e_(i+1), g_i): the positives and the
+        negatives share F(x) (or the global vector). Its first-layer term is computed once and added
+        to every group, instead of once per group; the result is identical.
+
+        Shape:
+            - local: (k·N, C1, H, W), the groups stacked along the batch.
+            - shared: (N, C2, H, W) or (N, C2, 1, 1), with ``C1 + C2 == in_channels``.
+            - Output: (k·N, 1, H, W) logits.
+        """
+        n = shared.shape[0]
+        if n == 0 or local.shape[0] % n != 0:
+            raise ValueError(
+                f"local batch {local.shape[0]} is not a whole number of groups of {n} (shared)"
+            )
+        c1 = local.shape[1]
+        if c1 + shared.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input channels {[c1, shared.shape[1]]} add up to {c1 + shared.shape[1]}: "
+                f"expected {self.in_channels}"
+            )
+        first: nn.Conv2d = self.layers[0]  # type: ignore[assignment]
+        if self.kernel_size > 1:
+            shared = shared.expand(n, shared.shape[1], *local.shape[-2:])
+        own = F.conv2d(local, first.weight[:, :c1], first.bias, 1, first.padding)
+        common = F.conv2d(shared, first.weight[:, c1:], None, 1, first.padding)
+        groups = own.reshape(-1, n, *own.shape[1:]) + common.unsqueeze(0)
+        out = groups.reshape(own.shape).contiguous(memory_format=_memory_format(own))
+        return self.layers[2:](F.relu(out, inplace=True))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
 
 class PriorDiscriminator(nn.Module):
     """Prior discriminator Dp: MLP ``in -> 1000 -> ReLU -> 200 -> ReLU -> 1``, no BatchNorm.

@@ -51,7 +51,7 @@ class DIM(PretextModule):
         g = F.normalize(pooled, dim=1)[:, :, None, None]
         # Row i of the negatives is image i+1's local map against image i's global vector.
         local = torch.cat([e, roll_negatives(e)])
-        logits = self.local_d(local, torch.cat([g, g]))
+        logits = self.local_d.forward_shared(local, g)
         t_pos, t_neg = logits[:n], logits[n:]
         local_loss = lsh_loss(t_pos, t_neg)
         loss = local_loss

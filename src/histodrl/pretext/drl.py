@@ -126,7 +126,7 @@ class DRL(PretextModule):
             # E9: F := X^Enc; the global vector F_G is tiled over the map (broadcast, no copy).
             pooled, pooled_hat = e.mean(dim=(2, 3)), e_hat.mean(dim=(2, 3))
             context = F.normalize(pooled, dim=1)[:, :, None, None]
-        logits = self.local_d(both, torch.cat([context, context]))
+        logits = self.local_d.forward_shared(both, context)
         t_pos, t_neg = logits[:n], logits[n:]
         lsh = (lsh_loss_literal if c["lsh"] == "literal" else lsh_loss)(t_pos, t_neg)
 
