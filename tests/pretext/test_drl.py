@@ -64,6 +64,7 @@ def _series(rows, key):
         {"gch": "none", "gamma": 0.0},
         {"lsh": "literal"},
         {"tap": "conv3_4"},
+        {"resample_original": True},
     ],
 )
 def test_step_returns_finite_loss_and_gradients_reach_encoder_but_not_prior_d_from_main(over):
@@ -150,3 +151,14 @@ def test_tiny_pretraining_learns_to_tell_deformed_from_original(tissue_folder, t
     card = (run / "MODEL_CARD.md").read_text()
     assert "drl" in card and "Seed: 0" in card
     assert math.isfinite(float(_series(rows, "train/mi")[-1]))
+
+
+def test_resampled_original_is_a_sub_pixel_shift_of_the_image():
+    module = DRL(_config())
+    # A horizontal ramp: a shift by d columns adds exactly d away from the borders.
+    ramp = torch.arange(64.0).expand(2, 3, 64, 64).contiguous()
+    out = module.resample(ramp)
+    diff = (out - ramp)[:, :, 2:-2, 2:-2]
+    per_image = diff.flatten(1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image), atol=1e-4)
+    assert (per_image.abs() <= 0.5 + 1e-5).all() and (per_image.abs() > 0).all()

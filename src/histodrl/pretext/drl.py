@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from histodrl.deform import elastic_deform, paper_sigma_alpha
+from histodrl.deform import elastic_deform, paper_sigma_alpha, warp
 from histodrl.losses import gch_hard_loss, gch_soft_loss, lsh_loss, lsh_loss_literal
 from histodrl.losses.distributed import world_size
 from histodrl.nn import FeatureEnhanceModule, LocalDiscriminator, PriorDiscriminator
@@ -76,6 +76,14 @@ class DRL(PretextModule):
         x_hat, _ = elastic_deform(x, sigma, alpha, generator=self.generator)
         return x_hat
 
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
+        """E16's optional mitigation: shift x by a random sub-pixel offset (|shift| ≤ 0.5 px per
+        axis, bilinear), so that the original is interpolated like x̂ and the slight blur of
+        interpolation cannot tell the two apart."""
+        n, _, h, w = x.shape
+        shift = torch.rand(n, 2, 1, 1, generator=self.generator, device=x.device) - 0.5
+        return warp(x, shift.expand(n, 2, h, w))
+
     def _gch(self, g: torch.Tensor, g_hat: torch.Tensor) -> torch.Tensor:
         c = self.config
         kw = {
@@ -115,6 +123,8 @@ class DRL(PretextModule):
         c = self.config
         n = x.shape[0]
         x_hat = self.deform(x)
+        if c.get("resample_original"):
+            x = self.resample(x)
         both = self.encode(self.prepare(torch.cat([x, x_hat])), [self.tap])[self.tap]
         e, e_hat = both[:n], both[n:]
         if self.fem is not None:

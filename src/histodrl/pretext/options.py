@@ -107,6 +107,11 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--alpha-factor", type=float, default=2.0, help="alpha = FACTOR * S (default 2)")
     g.add_argument(
+        "--resample-original",
+        action="store_true",
+        help="shift originals by a random sub-pixel offset so both views are interpolated (E16)",
+    )
+    g.add_argument(
         "--deform-size",
         type=int,
         default=None,
