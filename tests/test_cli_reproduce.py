@@ -3,20 +3,12 @@
 import csv
 
 import pytest
-import torch
 import yaml
 
 from histodrl.cli import main
 from histodrl.experiments import reproduce as rp
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's few cores are shared: one thread avoids oversubscription.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from histodrl.nn import vgg19_bn
 TINY = ["--width", "0.125", "--crop", "64", "--num-workers", "0", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's few cores are shared: one thread avoids oversubscription.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

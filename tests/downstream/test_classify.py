@@ -24,14 +24,7 @@ from histodrl.downstream.classify import (
 )
 from histodrl.errors import UserInputError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on two shared cores spin against each other; one is several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyPatches(Dataset):

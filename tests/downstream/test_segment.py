@@ -25,14 +25,7 @@ from histodrl.downstream.segment_options import segment_defaults
 from histodrl.metrics import glas_metrics
 from histodrl.metrics.label_files import read_label_image
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's few cores are shared: one thread avoids oversubscription (several x faster).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
