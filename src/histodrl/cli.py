@@ -187,9 +187,6 @@ def _run_export(args: argparse.Namespace) -> int:
 
 # --- deform-preview (histodrl.deform) ------------------------------------------------------------
 
-_PREVIEW_SIGMA_FRACTIONS = (0.03, 0.04, 0.05)  # the paper's range and its middle, sigma / S
-_PREVIEW_MIN_SIDE = 8
-
 
 @subcommand
 def _add_deform_preview(sub: argparse._SubParsersAction) -> None:
@@ -212,90 +209,11 @@ def _add_deform_preview(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_deform_preview(args: argparse.Namespace) -> int:
-    if args.size < _PREVIEW_MIN_SIDE:
-        raise UserInputError(f"--size {args.size}: expected an integer >= {_PREVIEW_MIN_SIDE}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise UserInputError(f"{out}: is a folder, expected the path of a PNG file")
-    from histodrl.data.folder import read_rgb_image
-    from histodrl.io import atomic_path
+    from histodrl.experiments.preview import deform_preview
 
-    rgb = read_rgb_image(args.image)
-    height, width = rgb.shape[:2]
-    if min(height, width) < _PREVIEW_MIN_SIDE:
-        raise UserInputError(
-            f"{args.image}: image is {width}x{height}, expected at least "
-            f"{_PREVIEW_MIN_SIDE}x{_PREVIEW_MIN_SIDE} pixels"
-        )
-    crop_h, crop_w = min(height, args.size), min(width, args.size)
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    crop = rgb[top : top + crop_h, left : left + crop_w]
-    what = (
-        f"centre crop {crop_w}x{crop_h} of {width}x{height}"
-        if (crop_h, crop_w) != (height, width)
-        else f"whole image {width}x{height}"
-    )
-    figure, summary = _deform_preview_figure(crop, args.seed, f"{Path(args.image).name}, {what}")
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png")
-    print(f"histodrl: wrote {out} ({what}; {summary})")
+    message = deform_preview(args.image, Path(args.out), size=args.size, seed=args.seed)
+    print(f"histodrl: {message}")
     return 0
-
-
-def _deform_preview_figure(crop, seed: int, caption: str):
-    """The 2 x 4 grid: original and deformations, then the displacement magnitudes.
-
-    All three deformations use the same noise (same seed), so the panels differ only by sigma.
-    """
-    import torch
-    from matplotlib.figure import Figure
-
-    from histodrl.data.augment import to_float
-    from histodrl.deform import elastic_deform, fold_fraction
-
-    images = to_float(torch.from_numpy(crop.copy()).permute(2, 0, 1)[None])
-    side = min(crop.shape[:2])  # S = min(H, W), METHOD.md (d)
-    alpha = 2.0 * side
-    panels = []
-    for fraction in _PREVIEW_SIGMA_FRACTIONS:
-        generator = torch.Generator().manual_seed(seed)
-        deformed, displacement = elastic_deform(images, fraction * side, alpha, generator=generator)
-        magnitude = displacement[0].norm(dim=0)
-        rms = float(magnitude.pow(2).mean().sqrt())
-        folded = float(fold_fraction(displacement)[0])
-        panels.append(
-            (fraction, deformed[0].permute(1, 2, 0).numpy(), magnitude.numpy(), rms, folded)
-        )
-
-    figure = Figure(figsize=(13, 6.6), layout="constrained")
-    axes = figure.subplots(2, 4)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    axes[0, 0].imshow(crop)
-    axes[0, 0].set_title("original")
-    axes[1, 0].text(
-        0.0,
-        0.5,
-        f"{caption}\nS = {side} px, α = 2S = {alpha:g} px, seed {seed}\n"
-        "|d|: displacement magnitude (px)\nfolded: det(I + ∇d) ≤ 0",
-        va="center",
-        fontsize=10,
-    )
-    vmax = max(p[2].max() for p in panels)
-    for column, (fraction, deformed, magnitude, rms, folded) in enumerate(panels, start=1):
-        sigma = fraction * side
-        axes[0, column].imshow(deformed.clip(0.0, 1.0))
-        axes[0, column].set_title(
-            f"σ = {fraction:.2f}S = {sigma:.1f} px\nRMS |d| = {rms:.1f} px, folded {folded:.1%}"
-        )
-        shown = axes[1, column].imshow(magnitude, cmap="viridis", vmin=0.0, vmax=vmax)
-        axes[1, column].set_title(f"|d|, σ = {fraction:.2f}S")
-    figure.colorbar(shown, ax=axes[1, 1:].tolist(), shrink=0.8, label="|d| (px)")
-    summary = ", ".join(
-        f"sigma {fraction:.2f}S: RMS |d| {rms:.1f} px, {folded:.1%} folded"
-        for fraction, _, _, rms, folded in panels
-    )
-    return figure, summary
 
 
 # --- data: synth --------------------------------------------------------------------------------
