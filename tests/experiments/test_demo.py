@@ -1,0 +1,57 @@
+"""``histodrl demo`` end to end, at a small fraction of its time budget."""
+
+import pytest
+
+from histodrl.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_demo_writes_a_report_with_both_inits_and_both_test_parts(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.3"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "report.md") in printed
+    report = (out / "report.md").read_text()
+    for row in (
+        "| DRL | testA |",
+        "| DRL | testB |",
+        "| random init | testA |",
+        "| random init | testB |",
+    ):
+        assert row in report and row in printed
+    assert (out / "figures" / "deformation.png").is_file()
+    assert (out / "figures" / "pretraining_losses.png").is_file()
+    assert (out / "pretrain-drl" / "encoder.safetensors").is_file()
+
+
+def test_a_new_demo_replaces_an_old_demo_folder(tmp_path):
+    from histodrl.experiments.demo import MARKER, _prepare_out
+
+    out = tmp_path / "demo"
+    _prepare_out(out)
+    (out / "old-report.md").write_text("stale")
+    _prepare_out(out)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER]
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.txt").write_text("keep me")
+    assert main(["demo", "--out", str(out)]) == 2
+    assert "not written by histodrl demo" in capsys.readouterr().err
+    assert (out / "results.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_demo_at_full_budget_shows_drl_pretraining_learning(tmp_path):
+    import csv
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    with open(out / "pretrain-drl" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/sigmoid_pos")]
+    last = rows[-10:]
+    gap = sum(float(r["train/sigmoid_pos"]) - float(r["train/sigmoid_neg"]) for r in last) / 10
+    assert gap > 0.5
