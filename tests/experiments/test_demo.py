@@ -4,9 +4,8 @@ import pytest
 
 from histodrl.cli import main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
-
+@pytest.mark.usefixtures("one_thread")
 def test_demo_writes_a_report_with_both_inits_and_both_test_parts(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--minutes", "0.3"]) == 0
