@@ -12,9 +12,8 @@ from skimage.color import rgb2lab
 
 from histodrl.data.synth_glas import render_glas_image
 from histodrl.errors import UserInputError
-from histodrl.nn import vgg19_bn
+from histodrl.nn import save_encoder, vgg19_bn
 from histodrl.pretext import method_class
-from histodrl.pretext.base import export_encoder
 from histodrl.pretext.colorization import ab_bins, rebalancing_weights, rgb_to_lab, soft_encode
 from histodrl.pretext.dim import DIM
 from histodrl.pretext.exemplar import Exemplar, SeedItems, affine_warp, random_affine
@@ -107,7 +106,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss_and_the_export_loads(
     assert losses[-1] < losses[0], losses
 
     path = tmp_path / "encoder.safetensors"
-    export_encoder(module.encoder, path, {"method": method})
+    save_encoder(module.encoder, path, {"method": method})
     trunk = vgg19_bn(width=0.125)
     trunk.load_state_dict(load_file(path))
     for name, value in module.encoder.state_dict().items():

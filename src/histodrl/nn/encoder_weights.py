@@ -7,9 +7,11 @@ is reported missing) and, conversely, torchvision's own ``vgg19_bn`` ImageNet fi
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,11 +42,14 @@ def encoder_state_dict(vgg: VGG) -> dict[str, torch.Tensor]:
     }
 
 
-def save_encoder(vgg: VGG, path: str | os.PathLike[str]) -> Path:
+def save_encoder(
+    vgg: VGG, path: str | os.PathLike[str], extra_metadata: dict[str, Any] | None = None
+) -> Path:
     """Write :func:`encoder_state_dict` to a ``.safetensors`` file, atomically.
 
     The file's metadata records ``architecture`` (``vgg19`` or ``vgg19_bn``) and ``width`` for
-    people inspecting it; :func:`load_encoder` relies on the tensors only.
+    people inspecting it, plus ``extra_metadata`` (values JSON-encoded unless they are strings,
+    e.g. the pretraining method and step); :func:`load_encoder` relies on the tensors only.
 
     Returns:
         The path written.
@@ -57,6 +62,8 @@ def save_encoder(vgg: VGG, path: str | os.PathLike[str]) -> Path:
         "architecture": "vgg19_bn" if vgg.batch_norm else "vgg19",
         "width": f"{vgg.width:g}",
     }
+    for key, value in (extra_metadata or {}).items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
     state = encoder_state_dict(vgg)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)

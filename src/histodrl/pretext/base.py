@@ -9,7 +9,6 @@ the backbone. A method subclass adds its heads and its ``pretext_step`` loss, no
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,8 +18,8 @@ from torch import nn
 
 from histodrl.data.augment import normalize, random_flip_rot90, to_float
 from histodrl.errors import UserInputError
-from histodrl.io import atomic_path, atomic_write_text
-from histodrl.nn import vgg19, vgg19_bn
+from histodrl.io import atomic_write_text
+from histodrl.nn import save_encoder, vgg19, vgg19_bn
 from histodrl.training import check_finite, step_generator, versions
 
 ENCODER_FILE = "encoder.safetensors"
@@ -169,16 +168,6 @@ class PretextModule(L.LightningModule):
 # ------------------------------------------------------------------------------------------------
 
 
-def export_encoder(encoder: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
-    """Write the trunk's ``features.*`` tensors (torchvision names) to a safetensors file, atomically."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-
-
 def _last_metrics(run: Path) -> dict[str, float]:
     path = run / "metrics.csv"
     if not path.is_file():
@@ -221,15 +210,12 @@ def export_run(run: str | Path) -> Path:
     config = module.config
     steps = int(getattr(module, "global_step_from_checkpoint", 0))
     meta = {
-        "format": "histodrl-encoder-1",
-        "arch": config.get("arch", "vgg19_bn"),
-        "width": float(config["width"]),
         "method": config["method"],
         "trained_tap": module.tap,
         "steps": steps,
         "seed": int(config.get("seed", 0)),
     }
-    export_encoder(module.encoder, run / ENCODER_FILE, meta)
+    save_encoder(module.encoder, run / ENCODER_FILE, meta)
     atomic_write_text(run / MODEL_CARD_FILE, model_card(run, module, steps))
     return run / ENCODER_FILE
 
