@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from histodrl import __version__
 from histodrl.errors import UserInputError
@@ -222,6 +222,37 @@ class StepBatchSampler(Sampler[list[int]]):
             if self.epoch_indices:
                 batch = batch + e * self.dataset_len
             yield batch.tolist()
+
+
+def step_loader(
+    trainer: Any,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    total_steps: int,
+    seed: int,
+    num_workers: int,
+    epoch_indices: bool = False,
+) -> DataLoader:
+    """The training DataLoader of a run: a :class:`StepBatchSampler` that starts at the trainer's
+    (restored) global step, for this process's rank."""
+    sampler = StepBatchSampler(
+        dataset_len(dataset),
+        batch_size,
+        total_steps,
+        seed=seed,
+        rank=trainer.global_rank,
+        world_size=trainer.world_size,
+        epoch_indices=epoch_indices,
+    )
+    sampler.start_step_fn = lambda: trainer.global_step
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
 
 
 def total_steps_for(dataset_len: int, batch_size: int, world_size: int, epochs: float) -> int:

@@ -613,9 +613,9 @@ def run_classify(options: dict[str, Any]) -> int:
     from histodrl.downstream.init import load_init
     from histodrl.pretext.train import is_launcher_process
     from histodrl.training import (
-        StepBatchSampler,
         prepare_run_dir,
         resumed_config,
+        step_loader,
         trainer_from_config,
     )
 
@@ -676,22 +676,13 @@ def run_classify(options: dict[str, Any]) -> int:
     labelled = torch.utils.data.Subset(train, subset.tolist())
 
     def loader(m: ClassifierModule) -> DataLoader:
-        sampler = StepBatchSampler(
-            len(labelled),
-            batch_size,
-            total,
-            seed=int(config["seed"]),
-            rank=m.trainer.global_rank,
-            world_size=m.trainer.world_size,
-        )
-        sampler.start_step_fn = lambda: m.trainer.global_step
-        workers = int(config["num_workers"])
-        return DataLoader(
+        return step_loader(
+            m.trainer,
             labelled,
-            batch_sampler=sampler,
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            prefetch_factor=4 if workers > 0 else None,
+            batch_size=batch_size,
+            total_steps=total,
+            seed=int(config["seed"]),
+            num_workers=int(config["num_workers"]),
         )
 
     module.loader_factory = loader

@@ -72,12 +72,12 @@ from histodrl.downstream.sliding import sliding_window_logits
 from histodrl.errors import UserInputError
 from histodrl.io import atomic_path, atomic_write_text
 from histodrl.training import (
-    StepBatchSampler,
     autocast_for,
     check_finite,
     derive_seed,
     resolve_device,
     step_generator,
+    step_loader,
 )
 
 TRAIN_IMAGES_FILE = "train_images.txt"
@@ -593,24 +593,14 @@ def training_images(glas: Any, fraction: float, seed: int) -> np.ndarray:
 
 
 def _loader(module: SegmentationModule, dataset: SegmentationCrops, config: dict, total: int):
-    trainer = module.trainer
-    sampler = StepBatchSampler(
-        len(dataset),
-        int(config["batch_size"]),
-        total,
-        seed=int(config["seed"]),
-        rank=trainer.global_rank,
-        world_size=trainer.world_size,
-        epoch_indices=True,
-    )
-    sampler.start_step_fn = lambda: trainer.global_step
-    workers = int(config["num_workers"])
-    return DataLoader(
+    return step_loader(
+        module.trainer,
         dataset,
-        batch_sampler=sampler,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if workers > 0 else None,
+        batch_size=int(config["batch_size"]),
+        total_steps=total,
+        seed=int(config["seed"]),
+        num_workers=int(config["num_workers"]),
+        epoch_indices=True,
     )
 
 

@@ -12,11 +12,11 @@ from torch.utils.data import DataLoader
 from histodrl.data.crops import EpochSeeded
 from histodrl.errors import UserInputError
 from histodrl.training import (
-    StepBatchSampler,
     checkpoint_step,
     dataset_len,
     prepare_run_dir,
     resumed_config,
+    step_loader,
     total_steps_for,
     trainer_from_config,
     trim_metrics,
@@ -120,24 +120,13 @@ def run_pretrain(options: dict[str, Any]) -> int:
 
 
 def _loader(module: Any, dataset: Any, config: dict[str, Any], total: int) -> DataLoader:
-    trainer = module.trainer
     dataset = module.training_dataset(dataset)
-    sampler = StepBatchSampler(
-        dataset_len(dataset),
-        int(config["batch_size"]),
-        total,
-        seed=int(config["seed"]),
-        rank=trainer.global_rank,
-        world_size=trainer.world_size,
-        epoch_indices=isinstance(dataset, EpochSeeded),
-    )
-    sampler.start_step_fn = lambda: trainer.global_step
-    workers = int(config["num_workers"])
-    return DataLoader(
+    return step_loader(
+        module.trainer,
         dataset,
-        batch_sampler=sampler,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        batch_size=int(config["batch_size"]),
+        total_steps=total,
+        seed=int(config["seed"]),
+        num_workers=int(config["num_workers"]),
+        epoch_indices=isinstance(dataset, EpochSeeded),
     )
