@@ -17,7 +17,7 @@ import time
 import torch
 
 from histodrl.pretext.drl import DRL
-from histodrl.training import step_generator
+from histodrl.runs.sampling import step_generator
 
 
 def _config(width: float, crop: int, batch: int, compile_: bool) -> dict:

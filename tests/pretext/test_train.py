@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from histodrl.cli import main
-from histodrl.training import StepBatchSampler
+from histodrl.runs.sampling import StepBatchSampler
 
 TINY = ["--width", "0.125", "--crop", "64", "--batch-size", "4", "--num-workers", "0"]
 

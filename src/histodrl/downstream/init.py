@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from histodrl.errors import UserInputError
-
-ENCODER_FILE = "encoder.safetensors"
+from histodrl.runs.layout import ENCODER_FILE, last_checkpoint
 
 
 def describe_init(spec: str) -> str:
@@ -40,7 +38,7 @@ def resolve_init_file(spec: str) -> Path | None:
     if path.is_dir():
         encoder = path / ENCODER_FILE
         if not encoder.is_file():
-            if (path / "checkpoints" / "last.ckpt").is_file():
+            if last_checkpoint(path).is_file():
                 from histodrl.pretext.base import export_run
 
                 export_run(path)
@@ -57,38 +55,17 @@ def resolve_init_file(spec: str) -> Path | None:
 
 
 def load_init(encoder: nn.Module, spec: str) -> str:
-    """Load the weights named by ``spec`` into ``encoder`` (a VGG trunk); returns a description."""
+    """Load the weights named by ``spec`` into ``encoder`` (a VGG trunk); returns a description.
+
+    Files are read by :func:`histodrl.nn.load_encoder`, the one encoder reader (safetensors, or
+    ``torch.load(weights_only=True)`` for torchvision's ``.pth``), for the trunk's own width and
+    batch-norm setting; a mismatch names the file and the width the weights need.
+    """
+    from histodrl.nn import load_encoder
+
     path = resolve_init_file(spec)
     if path is None:
         return describe_init(spec)
-    if spec.startswith("imagenet:"):
-        from histodrl.nn import load_torchvision_weights
-
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserInputError(f"{path}: not a readable PyTorch weight file ({exc})") from exc
-        try:
-            load_torchvision_weights(encoder, state)
-        except ValueError as exc:
-            raise UserInputError(f"{path}: {exc}") from exc
-        return describe_init(spec)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise UserInputError(f"{path}: not a readable safetensors file ({exc})") from exc
-    state = {k: v for k, v in state.items() if k.startswith("features.")}
-    expected = encoder.state_dict()
-    for key, value in expected.items():
-        if key not in state:
-            raise UserInputError(f"{path}: missing {key} (was it exported from a VGG-19 trunk?)")
-        if state[key].shape != value.shape:
-            raise UserInputError(
-                f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)} "
-                "(does --width match the pretraining width?)"
-            )
-    encoder.load_state_dict(state)
-    return describe_init(str(path))
+    loaded = load_encoder(path, width=encoder.width, batch_norm=encoder.batch_norm)
+    encoder.load_state_dict(loaded.state_dict())
+    return describe_init(spec if spec.startswith("imagenet:") else str(path))

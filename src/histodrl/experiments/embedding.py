@@ -187,11 +187,12 @@ def embed_run(
         The metrics written.
     """
     from histodrl.pretext.base import load_module_from_checkpoint
-    from histodrl.training import derive_seed, resolve_device
+    from histodrl.runs.sampling import derive_seed
+    from histodrl.runs.trainer import resolve_device
 
     device = resolve_device(accelerator)
     module = load_module_from_checkpoint(Path(pretrain_run)).to(device)
-    crop = int(module.config["crop"])
+    crop = module.crop
     images = glas_test_crops(glas_root, crop, count, seed).to(device)
     generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "fig5-deform"))
     g, g_hat = global_descriptors(module, images, generator)

@@ -8,7 +8,14 @@ from histodrl.nn.encoder_weights import encoder_state_dict, load_encoder, save_e
 from histodrl.nn.fem import FeatureEnhanceModule, fem_dilations
 from histodrl.nn.heads import PatchClassifier, pooled_taps
 from histodrl.nn.unet import UNet
-from histodrl.nn.vgg import TAP_NAMES, VGG, load_torchvision_weights, vgg19, vgg19_bn
+from histodrl.nn.vgg import (
+    TAP_NAMES,
+    VGG,
+    build_encoder,
+    load_torchvision_weights,
+    vgg19,
+    vgg19_bn,
+)
 
 __all__ = [
     "TAP_NAMES",
@@ -18,6 +25,7 @@ __all__ = [
     "PatchClassifier",
     "PriorDiscriminator",
     "UNet",
+    "build_encoder",
     "encoder_state_dict",
     "fem_dilations",
     "load_encoder",

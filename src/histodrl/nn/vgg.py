@@ -251,3 +251,17 @@ def load_torchvision_weights(model: VGG, state_dict: Mapping[str, torch.Tensor])
             )
     model.load_state_dict(given, strict=True)
     return model
+
+
+ENCODER_BUILDERS = {"vgg19_bn": vgg19_bn, "vgg19": vgg19}
+
+
+def build_encoder(arch: str, width: float = 1.0, generator: torch.Generator | None = None) -> VGG:
+    """The trunk named ``arch`` (``vgg19_bn`` or ``vgg19``): the one encoder builder.
+
+    Raises:
+        ValueError: an unknown ``arch``.
+    """
+    if arch not in ENCODER_BUILDERS:
+        raise ValueError(f"arch={arch!r}: expected one of {', '.join(ENCODER_BUILDERS)}")
+    return ENCODER_BUILDERS[arch](width=width, generator=generator)

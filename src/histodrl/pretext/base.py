@@ -9,29 +9,40 @@ the backbone. A method subclass adds its heads and its ``pretext_step`` loss, no
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
-from torch import nn
 
+from histodrl.commands.options import from_saved, to_config
 from histodrl.data.augment import normalize, random_flip_rot90, to_float
 from histodrl.errors import UserInputError
 from histodrl.io import atomic_write_text
-from histodrl.nn import save_encoder, vgg19, vgg19_bn
-from histodrl.training import check_finite, step_generator, versions
+from histodrl.nn import build_encoder, save_encoder
+from histodrl.runs.layout import (
+    ENCODER_FILE,
+    METRICS_CSV,
+    MODEL_CARD_FILE,
+    last_checkpoint,
+    versions,
+)
+from histodrl.runs.lifecycle import LoaderFromTask
+from histodrl.runs.sampling import step_generator
+from histodrl.runs.trainer import check_finite
 
-ENCODER_FILE = "encoder.safetensors"
-MODEL_CARD_FILE = "MODEL_CARD.md"
+if TYPE_CHECKING:
+    from histodrl.commands.pretrain import PretrainOptions
 
 
-def build_encoder(arch: str, width: float) -> nn.Module:
-    if arch == "vgg19_bn":
-        return vgg19_bn(width=width)
-    if arch == "vgg19":
-        return vgg19(width=width)
-    raise UserInputError(f"--arch {arch!r}: expected vgg19_bn or vgg19")
+def pretrain_options(options: PretrainOptions | Mapping[str, Any]) -> PretrainOptions:
+    """Options given as an object, or as a mapping (a checkpoint's hyper-parameters), typed."""
+    from histodrl.commands.pretrain import PretrainOptions
+
+    if isinstance(options, PretrainOptions):
+        return options
+    return from_saved(PretrainOptions, options, "pretraining options")
 
 
 def scaled(channels: int, width: float) -> int:
@@ -39,11 +50,12 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-class PretextModule(L.LightningModule):
+class PretextModule(LoaderFromTask, L.LightningModule):
     """Shared base of the pretext methods.
 
     Args:
-        config: the resolved options of ``histodrl pretrain`` (a plain dict; saved in checkpoints).
+        options: the resolved options of ``histodrl pretrain`` (saved in checkpoints as a
+            mapping, from which :func:`load_module_from_checkpoint` rebuilds the module).
         trained_tap: the deepest encoder map the method trains. Layers after it are frozen (they get
             no gradient from the method, METHOD.md (c)), which also keeps DDP from waiting for their
             gradients. They are exported as initialised.
@@ -52,18 +64,19 @@ class PretextModule(L.LightningModule):
     #: the deepest tap this method trains; ``None`` means the whole trunk (pool5)
     trained_tap: ClassVar[str] = "pool5"
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, options: PretrainOptions | Mapping[str, Any]) -> None:
         super().__init__()
-        self.save_hyperparameters(config)
-        self.config = config
-        self.seed = int(config.get("seed", 0))
-        self.crop = int(config["crop"])
-        self.encoder = build_encoder(config.get("arch", "vgg19_bn"), float(config["width"]))
+        self.options = pretrain_options(options)
+        if self.options.crop is None:
+            self.options = self.options.resolved()
+        self.save_hyperparameters(to_config(self.options))
+        self.seed = self.options.seed
+        self.crop = int(self.options.crop)
+        self.encoder = build_encoder(self.options.arch, self.options.width)
         self.tap = self.tap_name()
         self._freeze_after(self.tap)
         self._step_gen: torch.Generator | None = None
         self._compiled: Any = None
-        self.loader_factory: Any = None
 
     # -- structure ---------------------------------------------------------------------------------
 
@@ -78,10 +91,10 @@ class PretextModule(L.LightningModule):
                     p.requires_grad_(False)
 
     def width(self, channels: int) -> int:
-        return scaled(channels, float(self.config["width"]))
+        return scaled(channels, self.options.width)
 
     def configure_model(self) -> None:
-        if self.config.get("compile") and self._compiled is None:
+        if self.options.compile and self._compiled is None:
             # Compiled separately so that the state dict keeps the plain encoder's key names.
             self._compiled = torch.compile(self.encoder.forward_taps)
 
@@ -134,8 +147,8 @@ class PretextModule(L.LightningModule):
         # A host sync, so only on logged steps and on steps followed by a checkpoint (a NaN must
         # never be saved over the last good checkpoint).
         step = self.global_step
-        every = int(self.config.get("log_every", 10))
-        ckpt_every = int(self.config.get("checkpoint_every", 500))
+        every = self.options.log_every
+        ckpt_every = self.options.checkpoint_every
         if step % every == 0 or (step + 1) % ckpt_every == 0:
             check_finite(loss.detach(), "loss", step)
         foreign = logs.pop("foreign_negatives", None)
@@ -152,15 +165,20 @@ class PretextModule(L.LightningModule):
         self._step_gen = None
         return loss
 
-    def train_dataloader(self) -> Any:
-        # Built after the processes are launched, when this process's rank is known.
-        if self.loader_factory is None:
-            raise RuntimeError("set module.loader_factory before trainer.fit")
-        return self.loader_factory(self)
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=float(self.config.get("lr", 1e-4)), betas=(0.9, 0.999))
+        return torch.optim.Adam(params, lr=self.options.lr, betas=(0.9, 0.999))
+
+    # -- export ------------------------------------------------------------------------------------
+
+    def model_card_lines(self) -> list[str]:
+        """Lines a method adds to the model card's settings (e.g. DRL's deformation)."""
+        return []
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """TRANSITIONAL: the options as a mapping, for method code not yet converted."""
+        return to_config(self.options)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,7 +187,7 @@ class PretextModule(L.LightningModule):
 
 
 def _last_metrics(run: Path) -> dict[str, float]:
-    path = run / "metrics.csv"
+    path = run / METRICS_CSV
     if not path.is_file():
         return {}
     last: dict[str, float] = {}
@@ -187,17 +205,18 @@ def load_module_from_checkpoint(run: Path) -> PretextModule:
     """Rebuild the method of a run from ``checkpoints/last.ckpt`` (read with weights_only=True)."""
     from histodrl.pretext import method_class
 
-    ckpt_path = run / "checkpoints" / "last.ckpt"
+    ckpt_path = last_checkpoint(run)
     if not ckpt_path.is_file():
         raise UserInputError(f"{ckpt_path}: not found (has {run} been trained?)")
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise UserInputError(f"{ckpt_path}: not a readable checkpoint ({exc})") from exc
-    config = dict(ckpt.get("hyper_parameters") or {})
-    if "method" not in config:
+    saved = dict(ckpt.get("hyper_parameters") or {})
+    if "method" not in saved:
         raise UserInputError(f"{ckpt_path}: not a histodrl pretraining checkpoint")
-    module = method_class(config["method"])(config)
+    options = pretrain_options({k: v for k, v in saved.items() if k != "compile"})
+    module = method_class(options.method)(options)
     module.load_state_dict(ckpt["state_dict"])
     module.global_step_from_checkpoint = int(ckpt.get("global_step", 0))  # type: ignore[attr-defined]
     return module
@@ -207,13 +226,12 @@ def export_run(run: str | Path) -> Path:
     """Write ``RUN/encoder.safetensors`` and ``RUN/MODEL_CARD.md`` from the run's last checkpoint."""
     run = Path(run)
     module = load_module_from_checkpoint(run)
-    config = module.config
     steps = int(getattr(module, "global_step_from_checkpoint", 0))
     meta = {
-        "method": config["method"],
+        "method": module.options.method,
         "trained_tap": module.tap,
         "steps": steps,
-        "seed": int(config.get("seed", 0)),
+        "seed": module.options.seed,
     }
     save_encoder(module.encoder, run / ENCODER_FILE, meta)
     atomic_write_text(run / MODEL_CARD_FILE, model_card(run, module, steps))
@@ -221,31 +239,19 @@ def export_run(run: str | Path) -> Path:
 
 
 def model_card(run: Path, module: PretextModule, steps: int) -> str:
-    config = module.config
+    o = module.options
     final = _last_metrics(run)
     lines = [
-        f"# Encoder: {config['method']} pretraining",
+        f"# Encoder: {o.method} pretraining",
         "",
-        f"- Method: `{config['method']}` ({type(module).__doc__.strip().splitlines()[0]})",
-        f"- Backbone: `{config.get('arch', 'vgg19_bn')}`, width {config['width']}; trained up to "
+        f"- Method: `{o.method}` ({type(module).__doc__.strip().splitlines()[0]})",
+        f"- Backbone: `{o.arch}`, width {o.width}; trained up to "
         f"`{module.tap}` (later layers are exported as initialised and should be trained downstream)",
-        f"- Data: `{config['data']}`, crops of {config['crop']} px",
-        f"- Steps: {steps}, batch {config['batch_size']} per process, Adam lr {config['lr']}",
-        f"- Seed: {config['seed']}",
+        f"- Data: `{o.data}`, crops of {o.crop} px",
+        f"- Steps: {steps}, batch {o.batch_size} per process, Adam lr {o.lr}",
+        f"- Seed: {o.seed}",
+        *module.model_card_lines(),
     ]
-    if config["method"] == "drl":
-        lo, hi = config["sigma_range"]
-        size = config.get("deform_size") or config["crop"]
-        lines.append(
-            f"- Deformation: sigma ~ U[{lo}, {hi}] x S, alpha = {config['alpha_factor']} x S, "
-            f"S = {size} px; zero-padded Gaussian smoothing, reflection sampling"
-        )
-    if config["method"] == "drl":
-        lines.append(
-            f"- DRL: tap `{config['tap']}`, FEM {'off' if config['no_fem'] else 'on'}, "
-            f"GCH {config['gch']} (lambda {config['lambda_']}, tau {config['temperature']}), "
-            f"LSH {config['lsh']}, prior gamma {config['gamma']}"
-        )
     lines += ["", "## Final logged values", ""]
     if final:
         lines += ["| value | last |", "|---|---|"]
@@ -260,8 +266,8 @@ def model_card(run: Path, module: PretextModule, steps: int) -> str:
         "",
         "```python",
         "from safetensors.torch import load_file",
-        "from histodrl.nn import vgg19_bn",
-        f"encoder = vgg19_bn(width={config['width']})",
+        f"from histodrl.nn import {o.arch}",
+        f"encoder = {o.arch}(width={o.width})",
         f'encoder.load_state_dict(load_file("{ENCODER_FILE}"))',
         "# torchvision: torchvision.models.vgg19_bn().load_state_dict(load_file(...), strict=False)",
         "```",

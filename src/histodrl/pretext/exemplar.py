@@ -29,7 +29,7 @@ from histodrl.data.augment import color_jitter
 from histodrl.errors import UserInputError
 from histodrl.pretext.base import PretextModule
 from histodrl.pretext.decoders import pooled_classifier
-from histodrl.training import derive_seed
+from histodrl.runs.sampling import derive_seed
 
 MAX_ROTATION_DEGREES = 20.0
 SCALE_RANGE = (0.7, 1.4)
