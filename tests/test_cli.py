@@ -3,8 +3,7 @@ import sys
 
 import pytest
 
-from histodrl.cli import build_parser, load_config_defaults, main
-from histodrl.errors import UserInputError
+from histodrl.cli import main
 
 
 def test_help_lists_subcommands(capsys):
@@ -23,13 +22,13 @@ def test_unknown_option_is_one_line_and_exit_status_2(capsys):
     assert "--no-such-option" in err
 
 
-def test_config_file_with_unknown_key_names_the_key(tmp_path):
+def test_config_file_with_unknown_key_names_the_key(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("minutes: 3\nbogus-key: 1\n")
-    parser = build_parser()
-    demo = parser._subparsers._group_actions[0].choices["demo"]
-    with pytest.raises(UserInputError, match="bogus-key"):
-        load_config_defaults(demo, str(cfg))
+    assert main(["demo", "--config", str(cfg), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bogus-key" in err[0] and str(cfg) in err[0]
+    assert not (tmp_path / "d").exists()
 
 
 def test_console_script_runs():

@@ -118,7 +118,7 @@ class Exemplar(PretextModule):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
-        self.num_classes = int(config["exemplar_classes"])
+        self.num_classes = self.options.exemplar_classes
         if self.num_classes < 2:
             raise UserInputError(f"--exemplar-classes {self.num_classes}: expected at least 2")
         channels = self.encoder.tap_channels(self.tap)

@@ -112,7 +112,7 @@ class Inpainting(PretextModule):
         self.channel_fc = ChannelWiseFC(channels, side, side)
         widths = [self.width(w) for w in (256, 128, 64, 32)]
         self.decoder = UpsamplingDecoder(channels, 3, widths)
-        self.adversarial = float(config.get("inpainting_adversarial", 0.0))
+        self.adversarial = self.options.inpainting_adversarial
         if self.adversarial < 0:
             raise ValueError(f"inpainting_adversarial={self.adversarial}: expected >= 0")
         self.discriminator = patch_discriminator(self.width) if self.adversarial > 0 else None

@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from histodrl.cli import main
-from histodrl.runs.sampling import StepBatchSampler
 
 TINY = ["--width", "0.125", "--crop", "64", "--batch-size", "4", "--num-workers", "0"]
 
@@ -23,25 +22,6 @@ def _cmd(*args):
 
 def _pretrain(data, run, *extra):
     return ["pretrain", "--data", data, "--out", str(run), *TINY, "--no-progress", *extra]
-
-
-def test_step_sampler_resumes_where_it_stopped():
-    full = StepBatchSampler(dataset_len=10, batch_size=3, total_steps=7, seed=1)
-    batches = list(full)
-    assert len(batches) == 7
-    resumed = StepBatchSampler(dataset_len=10, batch_size=3, total_steps=7, seed=1)
-    resumed.start_step_fn = lambda: 4
-    assert list(resumed) == batches[4:]
-    # Each epoch (3 steps of 3) is a permutation: no index repeats inside an epoch.
-    first_epoch = sum(batches[:3], [])
-    assert len(set(first_epoch)) == 9
-
-
-def test_step_sampler_gives_each_process_its_own_part():
-    ranks = [StepBatchSampler(16, 2, 4, seed=0, rank=r, world_size=2) for r in range(2)]
-    a, b = (list(s) for s in ranks)
-    for x, y in zip(a, b):
-        assert not set(x) & set(y)
 
 
 def test_existing_run_is_refused_without_overwrite(tissue_folder, tmp_path, capsys):
