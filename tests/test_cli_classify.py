@@ -1,6 +1,8 @@
 """``histodrl classify`` and ``histodrl probe`` as a user runs them, on generated PCam data."""
 
+import csv
 import json
+import re
 
 import h5py
 import numpy as np
@@ -10,8 +12,8 @@ import yaml
 from safetensors.torch import load_file
 
 from histodrl.cli import main
-from histodrl.downstream.classify import labelled_subset, read_subset
-from histodrl.errors import UserInputError
+from histodrl.downstream.evaluation import labelled_subset, read_subset
+from histodrl.runs.trainer import checkpoint_step
 
 TINY = ["--width", "0.125", "--num-workers", "0"]
 SPLIT_FILES = [
@@ -49,6 +51,38 @@ def full_size_pcam(tmp_path_factory):
         with h5py.File(f"{prefix}_y.h5", "w") as f:
             f.create_dataset("y", data=(np.arange(n) % 2).astype(np.uint8).reshape(n, 1, 1, 1))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_pcam(tmp_path_factory):
+    """The smallest PCam that a 10-step run at batch 8 trains on: 64 / 16 / 16 patches."""
+    from histodrl.data.synth_pcam import make_pcam
+
+    return make_pcam(
+        tmp_path_factory.mktemp("tiny_pcam"), n_train=64, n_valid=16, n_test=16, seed=0
+    )
+
+
+# A 10-step run logging every step (validation every step: the default of 20 per run).
+TEN_STEPS = ["--max-steps", "10", "--min-steps", "0", "--batch-size", "8", "--log-every", "1"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_pcam, tmp_path_factory):
+    """A finished 10-step classify run (shared: tests only resume it, which changes nothing)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tmp_path_factory.mktemp("finished") / "run"
+        assert main(_classify(tiny_pcam, run, *TEN_STEPS)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+def _logged_steps(run):
+    with open(run / "metrics.csv", newline="") as f:
+        return [int(row["step"]) for row in csv.DictReader(f)]
 
 
 def _classify(data, run, *extra):
@@ -192,6 +226,94 @@ def test_an_existing_run_is_refused_without_overwrite(pcam, tmp_path, capsys):
     assert (run / "keep.txt").read_text() == "precious"
 
 
-def test_labelled_subset_refuses_a_fraction_outside_the_unit_interval():
-    with pytest.raises(UserInputError, match="2.0"):
-        labelled_subset(np.array([0, 1, 0, 1]), 2.0, seed=0)
+def test_a_finished_run_ends_with_its_last_step_checkpointed_and_resuming_it_trains_nothing(
+    finished_run, tiny_pcam, capsys, monkeypatch
+):
+    from histodrl.downstream.classifier import ClassifierModule
+
+    assert checkpoint_step(finished_run / "checkpoints" / "last.ckpt") == 10
+    assert _logged_steps(finished_run) == list(range(10))
+    logged = (finished_run / "metrics.csv").read_text()
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["val_history"]] == list(range(1, 11))
+
+    steps = []
+    original = ClassifierModule.training_step
+
+    def counting(self, batch, batch_idx):
+        steps.append(int(self.global_step))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", counting)
+    capsys.readouterr()
+    assert main([*_classify(tiny_pcam, finished_run, *TEN_STEPS), "--resume"]) == 0
+    assert steps == []
+    assert (finished_run / "metrics.csv").read_text() == logged
+    assert checkpoint_step(finished_run / "checkpoints" / "last.ckpt") == 10
+    # The selected model came back from the checkpoint: the same test, the same line.
+    assert json.loads((finished_run / "metrics.json").read_text()) == metrics
+    out = capsys.readouterr().out
+    expected = (
+        rf"histodrl: selected step {metrics['selected_step']} \(val accuracy "
+        rf"{metrics['val_accuracy']:.4f}\); test accuracy {metrics['test_accuracy']:.4f}; "
+        rf"wrote {re.escape(str(finished_run / 'report.md'))}"
+    )
+    assert re.search(expected, out), out
+
+
+def test_an_interrupted_run_resumed_logs_each_step_once_and_ends_as_if_never_stopped(
+    finished_run, tiny_pcam, tmp_path, monkeypatch
+):
+    from histodrl.downstream.classifier import ClassifierModule
+
+    original = ClassifierModule.training_step
+
+    def stopping(self, batch, batch_idx):
+        if self.global_step == 7:
+            raise RuntimeError("killed at step 7")
+        return original(self, batch, batch_idx)
+
+    run = tmp_path / "run"
+    args = _classify(tiny_pcam, run, *TEN_STEPS)
+    with monkeypatch.context() as patch:
+        patch.setattr(ClassifierModule, "training_step", stopping)
+        with pytest.raises(RuntimeError, match="killed at step 7"):
+            main([*args, "--checkpoint-every", "4"])
+    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 4
+    assert _logged_steps(run) == list(range(7))
+
+    assert main([*args, "--resume"]) == 0
+    assert _logged_steps(run) == list(range(10))
+    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 10
+    # Resuming is exact: the same losses, validations and test as the uninterrupted run.
+    assert (run / "metrics.csv").read_text() == (finished_run / "metrics.csv").read_text()
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed == json.loads((finished_run / "metrics.json").read_text())
+
+
+def test_a_runs_config_starts_a_new_run_with_the_same_options(finished_run, tmp_path):
+    run = tmp_path / "again"
+    assert main(["classify", "--config", str(finished_run / "config.yaml"), "--out", str(run)]) == 0
+    first = yaml.safe_load((finished_run / "config.yaml").read_text())
+    second = yaml.safe_load((run / "config.yaml").read_text())
+    assert second.pop("out") == str(run) and first.pop("out") == str(finished_run)
+    assert second == first
+    same = json.loads((finished_run / "metrics.json").read_text())
+    assert json.loads((run / "metrics.json").read_text()) == same
+
+
+def test_a_probe_runs_config_starts_a_new_probe_with_the_same_options(tiny_pcam, tmp_path):
+    first = tmp_path / "probe"
+    args = ["--blocks", "2,3", "--epochs", "2", "--no-progress"]
+    assert main(_probe(tiny_pcam, first, *args[:4])) == 0
+    config = yaml.safe_load((first / "config.yaml").read_text())
+    assert config["blocks"] == "conv2,conv3"
+    assert config["data_description"].endswith("train (64 patches 96x96)")
+    second = tmp_path / "again"
+    assert main(["probe", "--config", str(first / "config.yaml"), "--out", str(second)]) == 0
+    again = yaml.safe_load((second / "config.yaml").read_text())
+    assert again.pop("out") == str(second) and config.pop("out") == str(first)
+    assert again == config
+    metrics = json.loads((first / "metrics.json").read_text())
+    assert json.loads((second / "metrics.json").read_text()) == metrics
+    assert [b["block"] for b in metrics["blocks"]] == ["conv2", "conv3"]

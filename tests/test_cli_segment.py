@@ -1,5 +1,6 @@
 """``histodrl segment`` as a user runs it: outputs, --init, --contour, resume, config reuse, bad input."""
 
+import csv
 import json
 
 import pytest
@@ -21,8 +22,21 @@ def glas(tmp_path_factory):
     from histodrl.data.synth_glas import make_glas
 
     root = tmp_path_factory.mktemp("glas")
-    make_glas(root, n_train=4, n_test_a=1, n_test_b=1, size=(128, 96), seed=1)
+    make_glas(root, n_train=4, n_test_a=1, n_test_b=1, size=(96, 96), seed=0)
     return root
+
+
+def _segment(glas, run, *extra):
+    return ["segment", "--data", f"glas:{glas}", "--out", str(run), *TINY, *extra]
+
+
+def _checkpoint_step(run) -> int:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+
+def _logged_steps(run) -> list[int]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
 def _one_line_error(capsys, *needles):
@@ -121,7 +135,49 @@ def test_impossible_option_values_are_one_line(glas, tmp_path, capsys, option, v
 
 
 def test_label_fraction_outside_zero_one_is_refused(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["segment", "--data", "glas:x", "--out", str(tmp_path), "--label-fraction", "1.5"])
-    assert exc.value.code == 2
+    args = ["segment", "--data", "glas:x", "--out", str(tmp_path), "--label-fraction", "1.5"]
+    assert main(args) == 2
     _one_line_error(capsys, "--label-fraction", "(0, 1]")
+
+
+def test_finished_run_has_its_last_step_checkpointed_and_resumes_to_no_new_step(glas, tmp_path):
+    run = tmp_path / "run"
+    args = _segment(glas, run, "--max-steps", "6", "--checkpoint-every", "100", "--log-every", "1")
+    assert main([*args, "--figures", "0"]) == 0
+    assert _checkpoint_step(run) == 6
+    assert _logged_steps(run) == list(range(6))
+    metrics = (run / "metrics.json").read_text()
+
+    assert main(["segment", "--out", str(run), "--resume"]) == 0
+    assert _checkpoint_step(run) == 6
+    assert _logged_steps(run) == list(range(6))
+    assert (run / "metrics.json").read_text() == metrics
+
+
+def test_resume_after_an_interrupted_run_logs_each_step_once(glas, tmp_path):
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    first = _segment(glas, run, "--max-steps", "3", "--checkpoint-every", "2", "--log-every", "1")
+    assert main([*first, "--figures", "0"]) == 0
+    assert _checkpoint_step(run) == 3
+    at_step_3 = ckpt.read_bytes()
+    assert main(["segment", "--out", str(run), "--resume", "--max-steps", "5"]) == 0
+    assert _logged_steps(run) == list(range(5))
+    # Killed after logging steps 3 and 4 but before their checkpoint: resuming redoes them.
+    ckpt.write_bytes(at_step_3)
+    assert main(["segment", "--out", str(run), "--resume", "--max-steps", "6"]) == 0
+    assert _checkpoint_step(run) == 6
+    assert _logged_steps(run) == list(range(6))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["max_steps"] == 6 and config["total_steps"] == 6
+
+
+def test_a_runs_config_yaml_is_reusable_as_is(glas, tmp_path):
+    run, again = tmp_path / "run", tmp_path / "again"
+    assert main(_segment(glas, run, "--max-steps", "2", "--figures", "0", "--seed", "3")) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["min_object_area"] == 100 and config["epochs"] is None
+    assert main(["segment", "--config", str(run / "config.yaml"), "--out", str(again)]) == 0
+    reused = yaml.safe_load((again / "config.yaml").read_text())
+    assert reused.pop("out") == str(again) and config.pop("out") == str(run)
+    assert reused == config

@@ -344,6 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("histodrl: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from histodrl.runs.watch import RunInterrupted  # only a training run raises it
+
+        if not isinstance(exc, RunInterrupted) or debug:
+            raise
+        print(f"histodrl: {exc}", file=sys.stderr)
+        return exc.exit_status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,12 +5,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from histodrl.downstream.classify import eval_input, eval_loader
+from histodrl.commands.classify import PROBE_BLOCKS, ProbeOptions, parse_blocks
+from histodrl.downstream.evaluation import eval_input, eval_loader
 from histodrl.downstream.probe import (
     BLOCK_TAPS,
+    ProbeTask,
     extract_pooled_features,
     fold_standardization,
-    parse_blocks,
     standardization,
     train_linear_probe,
 )
@@ -47,6 +48,12 @@ def test_blocks_are_named_conv2_to_conv4_or_by_number():
     assert parse_blocks("2, 4") == ["conv2", "conv4"]
     assert parse_blocks(["conv3", "3", "conv1"]) == ["conv3", "conv1"]
     assert [BLOCK_TAPS[b] for b in parse_blocks("2,3,4")] == ["conv2_2", "conv3_4", "conv4_4"]
+    assert tuple(BLOCK_TAPS) == PROBE_BLOCKS
+
+
+def test_a_probe_run_records_its_blocks_by_their_canonical_names():
+    options = ProbeOptions(data="pcam:unused", out="unused", blocks="4, conv2,4")
+    assert ProbeTask().resolve(options).blocks == "conv4,conv2"
 
 
 @pytest.mark.parametrize("text, named", [("conv2,fc7", "fc7"), ("conv6", "conv6"), ("", "")])

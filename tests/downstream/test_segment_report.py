@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from histodrl.downstream.segment_options import segment_defaults
+from histodrl.commands.segment import SegmentOptions
 from histodrl.downstream.segment_report import (
     metrics_table,
     outline_overlay,
@@ -55,9 +55,9 @@ def test_report_has_one_table_row_per_part_and_aggregation():
     table = metrics_table(metrics).splitlines()
     assert len(table) == 2 + 4
     assert table[2] == "| testA | pooled | 3 | 0.5000 | 0.2500 | 12.35 |"
-    config = {**segment_defaults(), "data": "glas:/d", "epochs": 100.0}
+    options = SegmentOptions(data="glas:/d", out="r", epochs=100.0, min_object_area=100)
     text = report_markdown(
-        config,
+        options,
         metrics,
         figures=[("testA_1", "figures/testA_1.png")],
         init_description="random initialisation",
@@ -68,3 +68,19 @@ def test_report_has_one_table_row_per_part_and_aggregation():
     assert "9 of 85 training images" in text and "4200 steps" in text
     assert "testA: 1 image(s) with no predicted gland" in text
     assert "![testA_1](figures/testA_1.png)" in text
+    assert "Encoder: vgg19_bn, width 1.0, random initialisation" in text
+    assert "objects under 100 px removed" in text and "no contour channel" in text
+
+
+def test_report_reads_the_trunk_contour_and_dice_options():
+    scores = {"f1": 0.5, "dice": 0.25, "hausdorff": 1.0}
+    metrics = {"testA": {"pooled": scores, "mean": scores, "n_images": 1, "n_empty_pred": 0}}
+    options = SegmentOptions(
+        data="glas:/d", out="r", arch="vgg19", contour=True, dice_weight=0.5, min_object_area=7
+    )
+    text = report_markdown(
+        options, metrics, figures=[], init_description="x", n_train=4, n_used=4, steps=3
+    )
+    assert "Encoder: vgg19, width 1.0" in text and "+ 0.5 x soft Dice" in text
+    assert "a DCAN contour channel (3 px deep" in text and "objects under 7 px removed" in text
+    assert "## Examples" not in text

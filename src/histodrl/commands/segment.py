@@ -6,12 +6,28 @@ section IV-A.2) and METHOD.md (f) otherwise (momentum 0.9, weight decay 5e-4).
 
 from __future__ import annotations
 
-from histodrl.commands.common import EncoderOptions, RunOptions, label_fraction_option
-from histodrl.commands.options import at_least, greater, option, options_class, within
+from histodrl.commands.common import (
+    EncoderOptions,
+    RunOptions,
+    label_fraction_option,
+    source_kind,
+)
+from histodrl.commands.options import (
+    at_least,
+    greater,
+    option,
+    options_class,
+    with_values,
+    within,
+)
 from histodrl.errors import UserInputError
 
 DEFAULT_EPOCHS = 100.0
 """Training length in passes over the full training set's image count (see ``--epochs``)."""
+
+DEFAULT_MIN_OBJECT_AREA = {"glas": 100}
+"""``--min-object-area`` of each data kind: METHOD.md's GLaS post-processing removes objects under
+100 px."""
 
 _TRAIN = "training"
 _EVAL = "inference and evaluation"
@@ -71,6 +87,17 @@ class SegmentOptions(RunOptions, EncoderOptions):
     )
     tile_batch: int = option(8, help="tiles per inference batch", check=at_least(1), group=_EVAL)
     figures: int = option(4, help="overlay figures in the report", check=at_least(0), group=_EVAL)
+
+    def resolved(self) -> SegmentOptions:
+        """The options with the defaults that depend on others filled in: ``epochs`` (unless
+        ``--max-steps`` alone sets the length) and the data kind's ``min_object_area``."""
+        changes: dict[str, object] = {}
+        if self.epochs is None and self.max_steps is None:
+            changes["epochs"] = DEFAULT_EPOCHS
+        kind = source_kind(self.data)
+        if self.min_object_area is None and kind in DEFAULT_MIN_OBJECT_AREA:
+            changes["min_object_area"] = DEFAULT_MIN_OBJECT_AREA[kind]
+        return with_values(self, **changes) if changes else self
 
     def check_options(self) -> None:
         if self.crop % 32:

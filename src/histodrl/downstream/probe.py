@@ -26,7 +26,6 @@ Choices the paper leaves open (also in the README):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from histodrl.downstream.classify import (
-    METRICS_FILE,
-    REPORT_FILE,
+from histodrl.commands.classify import ProbeOptions
+from histodrl.downstream.evaluation import (
     SUBSET_FILE,
     classification_scores,
     eval_loader,
@@ -51,13 +49,16 @@ from histodrl.downstream.classify import (
     write_json,
     write_subset,
 )
-from histodrl.errors import UserInputError
 from histodrl.io import atomic_path, atomic_write_text
-from histodrl.training import autocast_for, resolve_device
+from histodrl.runs.layout import METRICS_FILE, REPORT_FILE
+from histodrl.runs.lifecycle import Launch, Task, run_task
+from histodrl.runs.sampling import derive_seed
+from histodrl.runs.trainer import autocast_for, resolve_device
 
 PROBES_FILE = "probes.safetensors"
 
-#: Block names of ``--blocks`` and the VGG tap at the end of each block (METHOD.md (c)).
+#: Block names of ``--blocks`` (:data:`histodrl.commands.classify.PROBE_BLOCKS`) and the VGG tap at
+#: the end of each block (METHOD.md (c)).
 BLOCK_TAPS: dict[str, str] = {
     "conv1": "conv1_2",
     "conv2": "conv2_2",
@@ -65,37 +66,6 @@ BLOCK_TAPS: dict[str, str] = {
     "conv4": "conv4_4",
     "conv5": "conv5_4",
 }
-DEFAULT_BLOCKS = "conv2,conv3,conv4"
-# Precisions of the frozen trunk (None: bf16-mixed on CUDA, 32-true elsewhere).
-PROBE_PRECISIONS = (None, "32-true", "bf16-mixed", "16-mixed")
-
-
-def parse_blocks(blocks: str | Sequence[str]) -> list[str]:
-    """Block names from ``--blocks``: ``"conv2,conv3,conv4"`` or ``"2,3,4"`` (or a list of them).
-
-    Returns:
-        Canonical names (``conv2`` ...) in the order given, repeats dropped.
-
-    Raises:
-        UserInputError: an empty list or an unknown name (the message lists the known ones).
-    """
-    items = blocks.split(",") if isinstance(blocks, str) else [str(b) for b in blocks]
-    names: list[str] = []
-    for item in items:
-        text = item.strip().lower()
-        name = f"conv{text}" if text.isdigit() else text
-        if name not in BLOCK_TAPS:
-            raise UserInputError(
-                f"--blocks {item.strip()!r}: unknown block (expected some of "
-                f"{', '.join(BLOCK_TAPS)}, e.g. {DEFAULT_BLOCKS})"
-            )
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise UserInputError(
-            f"--blocks {blocks!r}: expected at least one block, e.g. {DEFAULT_BLOCKS}"
-        )
-    return names
 
 
 @torch.no_grad()
@@ -114,7 +84,7 @@ def extract_pooled_features(
 
     Args:
         encoder: a :class:`histodrl.nn.VGG` trunk on ``device``.
-        loader: batches of ``(uint8 patches, labels)`` (:func:`histodrl.downstream.classify.eval_loader`).
+        loader: batches of ``(uint8 patches, labels)`` (:func:`histodrl.downstream.evaluation.eval_loader`).
         taps: tap names, e.g. ``["conv2_2", "conv3_4", "conv4_4"]``.
         device: where the encoder is.
         precision: ``"bf16-mixed"`` runs the trunk under bfloat16 autocast, ``"32-true"`` in
@@ -295,27 +265,143 @@ def train_linear_probe(
 # ------------------------------------------------------------------------------------------------
 
 
-def check_probe_options(c: dict[str, Any]) -> None:
-    """Validate the options of ``probe`` once, with one-line errors naming the value."""
-    if not 0 < float(c["label_fraction"]) <= 1:
-        raise UserInputError(f"--label-fraction {c['label_fraction']}: expected a number in (0, 1]")
-    if int(c["epochs"]) < 1:
-        raise UserInputError(f"--epochs {c['epochs']}: expected an integer >= 1")
-    if not float(c["lr"]) > 0:
-        raise UserInputError(f"--lr {c['lr']}: expected a number > 0")
-    if int(c["batch_size"]) < 1:
-        raise UserInputError(f"--batch-size {c['batch_size']}: expected an integer >= 1")
-    if not float(c["width"]) > 0:
-        raise UserInputError(f"--width {c['width']}: expected a number > 0")
-    if c.get("precision") not in PROBE_PRECISIONS:
-        raise UserInputError(
-            f"--precision {c['precision']}: expected one of "
-            f"{', '.join(p for p in PROBE_PRECISIONS if p)}"
-        )
-    parse_blocks(c["blocks"])
+@dataclass
+class ProbeResult:
+    """What :meth:`ProbeTask.execute` hands to :meth:`ProbeTask.finish`.
+
+    Attributes:
+        blocks: one row of ``metrics.json`` per block.
+        tensors: ``<block>.weight`` (2, C) and ``<block>.bias`` (2,) of every probe.
+    """
+
+    blocks: list[dict[str, Any]]
+    tensors: dict[str, torch.Tensor]
 
 
-def run_probe(options: dict[str, Any]) -> int:
+class ProbeTask(Task[ProbeOptions]):
+    """``histodrl probe`` in the run lifecycle: no Lightning training, the work is
+    :meth:`execute` (features of the frozen trunk, one linear classifier per block)."""
+
+    options_class = ProbeOptions
+
+    def __init__(self) -> None:
+        self.splits: dict[str, Any] = {}
+        self.subset: np.ndarray = np.empty(0, dtype=np.int64)
+        self.encoder: nn.Module | None = None
+        self.device = torch.device("cpu")
+
+    def resolve(self, options: ProbeOptions) -> ProbeOptions:
+        """The blocks written canonically (``2,3`` -> ``conv2,conv3``), as ``config.yaml`` holds them."""
+        from histodrl.commands.options import with_values
+
+        return with_values(options, blocks=",".join(options.block_list))
+
+    def prepare(self, options: ProbeOptions, resume: bool) -> None:
+        """The device, the splits, the subset and the trunk with its ``--init`` weights."""
+        from histodrl.downstream.init import load_init
+        from histodrl.nn import build_encoder
+
+        self.device = resolve_device(options.accelerator)
+        self.splits = pcam_splits(options.data, cache_ram=options.cache_ram)
+        labels = self.splits["train"].labels
+        self.subset = labelled_subset(labels, options.label_fraction, options.seed)
+        gen = torch.Generator().manual_seed(derive_seed(options.seed, "encoder-init"))
+        self.encoder = build_encoder(options.arch, options.width, generator=gen)
+        load_init(self.encoder, options.init)
+
+    def description(self, options: ProbeOptions) -> str:
+        return str(self.splits["train"].description)
+
+    def write_inputs(self, run: Path, options: ProbeOptions) -> None:
+        write_subset(run, self.subset)
+
+    def execute(self, run: Path, options: ProbeOptions) -> ProbeResult:
+        """Features of the three splits (one pass each), then one probe per block."""
+        assert self.encoder is not None, "prepare first"
+        device = self.device
+        encoder = self.encoder.to(device=device, memory_format=torch.channels_last)
+        blocks = options.block_list
+        taps = [BLOCK_TAPS[b] for b in blocks]
+        batch = max(256, options.batch_size)
+        workers = int(options.num_workers or 0)
+        train, valid, test = self.splits["train"], self.splits["valid"], self.splits["test"]
+        cached = {}
+        for name, dataset, indices in (
+            ("train", train, self.subset),
+            ("valid", valid, np.arange(len(valid))),
+            ("test", test, np.arange(len(test))),
+        ):
+            loader = eval_loader(dataset, indices, batch, workers)
+            cached[name] = extract_pooled_features(encoder, loader, taps, device, options.precision)
+
+        rows: list[dict[str, Any]] = []
+        tensors: dict[str, torch.Tensor] = {}
+        for block, tap in zip(blocks, taps):
+            gen = torch.Generator().manual_seed(derive_seed(options.seed, "probe", block))
+            probe = train_linear_probe(
+                cached["train"][0][tap],
+                cached["train"][1],
+                cached["valid"][0][tap],
+                cached["valid"][1],
+                epochs=options.epochs,
+                lr=options.lr,
+                batch_size=options.batch_size,
+                generator=gen,
+                device=device,
+            )
+            test_x, test_y = cached["test"][0][tap], cached["test"][1]
+            probabilities = probe.probabilities(test_x).double().numpy()
+            scores = classification_scores(test_y.numpy(), probabilities)
+            tensors[f"{block}.weight"] = probe.weight.contiguous()
+            tensors[f"{block}.bias"] = probe.bias.contiguous()
+            rows.append(
+                {
+                    "block": block,
+                    "tap": tap,
+                    "channels": int(test_x.shape[1]),
+                    "best_epoch": probe.best_epoch,
+                    "val_accuracy": probe.val_accuracy,
+                    "test_accuracy": float(scores["accuracy"]),
+                    "test_auc": scores["auc"],
+                    "val_history": probe.val_history,
+                }
+            )
+            print(
+                f"histodrl: probe {block} ({tap}, {test_x.shape[1]} features): test accuracy "
+                f"{scores['accuracy']:.4f}"
+            )
+        return ProbeResult(rows, tensors)
+
+    def finish(self, run: Path, options: ProbeOptions, result: ProbeResult) -> int:
+        """Write ``probes.safetensors``, ``metrics.json`` and ``report.md``."""
+        from safetensors.torch import save_file
+
+        from histodrl.downstream.init import describe_init
+
+        blocks = ",".join(options.block_list)
+        with atomic_path(run / PROBES_FILE) as tmp:
+            save_file(
+                result.tensors, str(tmp), metadata={"format": "histodrl-probes-1", "blocks": blocks}
+            )
+        metrics = {
+            "task": "probe",
+            "data": self.description(options),
+            "init": options.init,
+            "init_description": describe_init(options.init),
+            "label_fraction": options.label_fraction,
+            "seed": options.seed,
+            "n_labelled": int(len(self.subset)),
+            "n_valid": len(self.splits["valid"]),
+            "n_test": len(self.splits["test"]),
+            "blocks": result.blocks,
+        }
+        write_json(run / METRICS_FILE, metrics)
+        atomic_write_text(run / REPORT_FILE, probe_report(metrics, options))
+        print(f"histodrl: wrote {run / REPORT_FILE}")
+        return 0
+
+
+def run_probe(options: ProbeOptions, launch: Launch = Launch()) -> int:
     """``histodrl probe``: frozen-trunk features, one linear classifier per block, test accuracy.
 
     Writes ``RUN/config.yaml``, ``RUN/subset_indices.txt``, ``RUN/probes.safetensors`` (per block
@@ -323,113 +409,20 @@ def run_probe(options: dict[str, Any]) -> int:
     ``RUN/metrics.json`` and ``RUN/report.md``.
 
     Args:
-        options: the command's options as a dict, plus ``overwrite``.
+        options: the command's options.
+        launch: ``overwrite`` replaces an existing run folder (a probe is not resumed).
 
     Returns:
         The exit status (0).
 
     Raises:
-        UserInputError: bad options or data, or an existing run folder without ``--overwrite``.
+        UserInputError: bad data or ``--init``, or an existing run folder without
+            ``--overwrite``.
     """
-    from safetensors.torch import save_file
-
-    from histodrl.downstream.classify import build_encoder
-    from histodrl.downstream.init import describe_init, load_init
-    from histodrl.training import derive_seed, prepare_run_dir, write_config
-
-    config = dict(options)
-    overwrite = bool(config.pop("overwrite", False))
-    if config.get("num_workers") is None:
-        config["num_workers"] = min(4, os.cpu_count() or 1)
-    check_probe_options(config)
-    blocks = parse_blocks(config["blocks"])
-    config["blocks"] = ",".join(blocks)
-    device = resolve_device(str(config.get("accelerator", "auto")))
-    seed = int(config["seed"])
-
-    splits = pcam_splits(str(config["data"]), cache_ram=bool(config.get("cache_ram")))
-    train = splits["train"]
-    subset = labelled_subset(train.labels, float(config["label_fraction"]), seed)
-    encoder = build_encoder(str(config["arch"]), float(config["width"]), seed)
-    load_init(encoder, str(config["init"]))
-    run = prepare_run_dir(Path(config["out"]), overwrite=overwrite, resume=False)
-    config["data_description"] = train.description
-    write_config(run, config)
-    write_subset(run, subset)
-
-    encoder.to(device=device, memory_format=torch.channels_last)
-    taps = [BLOCK_TAPS[b] for b in blocks]
-    batch = max(256, int(config["batch_size"]))
-    workers = int(config["num_workers"])
-    precision = config.get("precision")
-    cached = {}
-    for name, dataset, indices in (
-        ("train", train, subset),
-        ("valid", splits["valid"], np.arange(len(splits["valid"]))),
-        ("test", splits["test"], np.arange(len(splits["test"]))),
-    ):
-        loader = eval_loader(dataset, indices, batch, workers)
-        cached[name] = extract_pooled_features(encoder, loader, taps, device, precision)
-
-    results = []
-    tensors: dict[str, torch.Tensor] = {}
-    for block, tap in zip(blocks, taps):
-        gen = torch.Generator().manual_seed(derive_seed(seed, "probe", block))
-        probe = train_linear_probe(
-            cached["train"][0][tap],
-            cached["train"][1],
-            cached["valid"][0][tap],
-            cached["valid"][1],
-            epochs=int(config["epochs"]),
-            lr=float(config["lr"]),
-            batch_size=int(config["batch_size"]),
-            generator=gen,
-            device=device,
-        )
-        test_x, test_y = cached["test"][0][tap], cached["test"][1]
-        scores = classification_scores(test_y.numpy(), probe.probabilities(test_x).double().numpy())
-        tensors[f"{block}.weight"] = probe.weight.contiguous()
-        tensors[f"{block}.bias"] = probe.bias.contiguous()
-        results.append(
-            {
-                "block": block,
-                "tap": tap,
-                "channels": int(test_x.shape[1]),
-                "best_epoch": probe.best_epoch,
-                "val_accuracy": probe.val_accuracy,
-                "test_accuracy": float(scores["accuracy"]),
-                "test_auc": scores["auc"],
-                "val_history": probe.val_history,
-            }
-        )
-        print(
-            f"histodrl: probe {block} ({tap}, {test_x.shape[1]} features): test accuracy "
-            f"{scores['accuracy']:.4f}"
-        )
-
-    with atomic_path(run / PROBES_FILE) as tmp:
-        save_file(
-            tensors, str(tmp), metadata={"format": "histodrl-probes-1", "blocks": ",".join(blocks)}
-        )
-    metrics = {
-        "task": "probe",
-        "data": train.description,
-        "init": str(config["init"]),
-        "init_description": describe_init(str(config["init"])),
-        "label_fraction": float(config["label_fraction"]),
-        "seed": seed,
-        "n_labelled": int(len(subset)),
-        "n_valid": len(splits["valid"]),
-        "n_test": len(splits["test"]),
-        "blocks": results,
-    }
-    write_json(run / METRICS_FILE, metrics)
-    atomic_write_text(run / REPORT_FILE, probe_report(metrics, config))
-    print(f"histodrl: wrote {run / REPORT_FILE}")
-    return 0
+    return int(run_task(ProbeTask(), options, launch) or 0)
 
 
-def probe_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+def probe_report(metrics: dict[str, Any], options: ProbeOptions) -> str:
     """``RUN/report.md``: accuracy per block and how it was obtained."""
     table = markdown_table(
         ["block", "tap", "features", "val acc", "test acc", "test AUC"],
@@ -448,8 +441,7 @@ def probe_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     lines = [
         "# Linear probes (frozen trunk)",
         "",
-        f"Encoder: {metrics['init_description']}, `{config['arch']}` width "
-        f"{float(config['width']):g}.",
+        f"Encoder: {metrics['init_description']}, `{options.arch}` width {options.width:g}.",
         "",
         table,
         "",
@@ -459,7 +451,7 @@ def probe_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
         "- Features: the trunk frozen in eval mode; each block's output globally average-pooled, "
         "computed once and cached; standardised with the training mean and deviation.",
         f"- Classifier: one zero-initialised Linear(C -> 2) per block, Adam lr "
-        f"{float(config['lr']):g}, batch {int(config['batch_size'])}, {int(config['epochs'])} "
+        f"{options.lr:g}, batch {options.batch_size}, {options.epochs} "
         "epochs; the epoch with the best validation accuracy is kept (ties: the earlier). "
         f"Weights in `{PROBES_FILE}`.",
         "",

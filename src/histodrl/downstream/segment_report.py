@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from histodrl.commands.segment import SegmentOptions
 from histodrl.io import atomic_path
+from histodrl.runs.layout import FIGURES_DIR
 
-FIGURES_DIR = "figures"
 TRUTH_COLOUR = (0.0, 1.0, 0.2)
 PREDICTION_COLOUR = (1.0, 0.9, 0.0)
 
@@ -102,7 +103,7 @@ def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
 
 
 def report_markdown(
-    config: dict[str, Any],
+    options: SegmentOptions,
     metrics: dict[str, dict[str, Any]],
     *,
     figures: Sequence[tuple[str, str]],
@@ -114,19 +115,19 @@ def report_markdown(
     """The text of ``RUN/report.md``.
 
     Args:
-        config: the run's resolved options.
+        options: the run's resolved options.
         metrics: as written to ``metrics.json``.
         figures: ``(name, relative path)`` from :func:`write_figures`.
         init_description: how the encoder was initialised.
         n_train, n_used: training images in the folder / used (label fraction).
         steps: optimizer steps done.
     """
-    c = config
+    o = options
     contour = (
-        f"a DCAN contour channel ({c['contour_width']} px deep inside each gland); glands = "
-        f"gland > {c['threshold']} AND contour <= {c['threshold']} before the connected "
+        f"a DCAN contour channel ({o.contour_width} px deep inside each gland); glands = "
+        f"gland > {o.threshold} AND contour <= {o.threshold} before the connected "
         "components, the contour band then given back to the nearest gland"
-        if c["contour"]
+        if o.contour
         else "no contour channel"
     )
     empty = [
@@ -137,18 +138,18 @@ def report_markdown(
     lines = [
         "# Gland segmentation (GLaS)",
         "",
-        f"- Data: `{c['data']}`; {n_used} of {n_train} training images "
-        f"(label fraction {c['label_fraction']}, seed {c['seed']}, listed in train_images.txt)",
-        f"- Encoder: vgg19_bn, width {c['width']}, {init_description}; U-Net decoder random",
-        f"- Training: {steps} steps of SGD (lr {c['lr']}, momentum {c['momentum']}, weight decay "
-        f"{c['weight_decay']}), batch {c['batch_size']}, crops {c['crop']} px (random flip/90° "
+        f"- Data: `{o.data}`; {n_used} of {n_train} training images "
+        f"(label fraction {o.label_fraction}, seed {o.seed}, listed in train_images.txt)",
+        f"- Encoder: {o.arch}, width {o.width}, {init_description}; U-Net decoder random",
+        f"- Training: {steps} steps of SGD (lr {o.lr}, momentum {o.momentum}, weight decay "
+        f"{o.weight_decay}), batch {o.batch_size}, crops {o.crop} px (random flip/90° "
         "turn, random resized crop, colour jitter)",
         "- Loss: BCE with logits"
-        + (f" + {c['dice_weight']} x soft Dice" if float(c["dice_weight"]) > 0 else "")
+        + (f" + {o.dice_weight} x soft Dice" if o.dice_weight > 0 else "")
         + f"; {contour}",
-        f"- Inference: whole images, {c['crop']} px tiles with {c['overlap']} overlap blended with "
-        f"a Gaussian weight; threshold {c['threshold']}, holes filled, 8-connected components, "
-        f"objects under {c['min_object_area']} px removed",
+        f"- Inference: whole images, {o.crop} px tiles with {o.overlap} overlap blended with "
+        f"a Gaussian weight; threshold {o.threshold}, holes filled, 8-connected components, "
+        f"objects under {o.min_object_area} px removed",
         "",
         "## Object metrics",
         "",

@@ -30,7 +30,6 @@ from histodrl.runs.layout import (
 )
 from histodrl.runs.lifecycle import LoaderFromTask
 from histodrl.runs.sampling import step_generator
-from histodrl.runs.trainer import check_finite
 
 if TYPE_CHECKING:
     from histodrl.commands.pretrain import PretrainOptions
@@ -141,21 +140,15 @@ class PretextModule(LoaderFromTask, L.LightningModule):
     # A method defines ``pretext_step(x) -> (loss, logs)``: the loss to minimise and the values to
     # log, for a batch ``x`` (N,3,S,S) in [0,1] on the device, already flipped/rotated.
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, Any]:
         loss, logs = self.pretext_step(batch)
         logs = {"loss": loss, **logs}
-        # A host sync, so only on logged steps and on steps followed by a checkpoint (a NaN must
-        # never be saved over the last good checkpoint).
-        step = self.global_step
-        every = self.options.log_every
-        ckpt_every = self.options.checkpoint_every
-        if step % every == 0 or (step + 1) % ckpt_every == 0:
-            check_finite(loss.detach(), "loss", step)
         foreign = logs.pop("foreign_negatives", None)
         if foreign is not None:  # minimum over processes: did every process see the others?
             self.log("train/foreign_negatives", foreign, sync_dist=True, reduce_fx="min")
+        terms = {k: v.detach().float() for k, v in logs.items()}
         self.log_dict(
-            {f"train/{k}": v.detach().float() for k, v in logs.items()},
+            {f"train/{k}": v for k, v in terms.items()},
             on_step=True,
             on_epoch=False,
             prog_bar=False,
@@ -163,7 +156,8 @@ class PretextModule(LoaderFromTask, L.LightningModule):
         )
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, logger=False)
         self._step_gen = None
-        return loss
+        # The run's FiniteWatch checks the loss and each term on the device (no host sync here).
+        return {"loss": loss, "terms": terms}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from histodrl.commands.options import (
     at_least,
+    fraction_pair,
     greater,
     option,
     options_class,
-    fraction_pair,
 )
 
 # name -> (module, class); imported only when the method is used.

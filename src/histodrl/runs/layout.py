@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -54,34 +53,6 @@ def is_launcher_process() -> bool:
 
 def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
-
-
-def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool, resume: bool) -> Path:
-    """Create (or reuse, for ``resume``) a run folder.
-
-    An existing non-empty folder is refused unless ``overwrite`` (it is then emptied) or ``resume``
-    (it must hold ``checkpoints/last.ckpt``).
-    """
-    run = Path(out)
-    if resume and overwrite:
-        raise UserInputError("--resume and --overwrite: choose one")
-    if resume:
-        if not last_checkpoint(run).is_file():
-            raise UserInputError(f"{run}: nothing to resume (expected {last_checkpoint(run)})")
-        return run
-    if run.exists() and not run.is_dir():
-        raise UserInputError(f"{run}: exists and is not a folder")
-    if run.is_dir() and any(run.iterdir()):
-        if not overwrite:
-            raise UserInputError(
-                f"{run}: run folder already exists (use --resume to continue it or --overwrite)"
-            )
-        shutil.rmtree(run)
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserInputError(f"{run}: cannot create the run folder ({exc.strerror})") from None
-    return run
 
 
 def write_config(run: Path, options: Any, derived: dict[str, Any] | None = None) -> None:

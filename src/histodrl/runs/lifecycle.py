@@ -30,11 +30,11 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from histodrl.commands.options import differing, specs, with_values
 from histodrl.errors import UserInputError
+from histodrl.runs.folder import OpenedRun, open_run
 from histodrl.runs.layout import (
     default_workers,
     is_launcher_process,
     last_checkpoint,
-    prepare_run_dir,
     read_run_config,
     write_config,
 )
@@ -109,7 +109,9 @@ class LightningTask(Task[OptionsT]):
         """The training DataLoader, built once the trainer knows this process's rank."""
         raise NotImplementedError
 
-    def trained(self, run: Path, module: Any, trainer: Any, options: OptionsT, total_steps: int) -> Any:
+    def trained(
+        self, run: Path, module: Any, trainer: Any, options: OptionsT, total_steps: int
+    ) -> Any:
         """What :meth:`finish` gets after training: by default the module."""
         return module
 
@@ -183,13 +185,25 @@ def run_task(task: Task[Any], options: Any, launch: Launch = Launch()) -> Any:
     if launch.resume:
         task.check_resumed(run, options)
 
-    if not isinstance(task, LightningTask):
-        if launcher:
-            prepare_run_dir(run, overwrite=launch.overwrite, resume=False)
-            write_config(run, options, _derived(task, options, None))
-            task.write_inputs(run, options)
-        return task.finish(run, options, task.execute(run, options))
-    return _train(task, run, options, launch, facts, changed, launcher)
+    opened = open_run(run, overwrite=launch.overwrite, resume=launch.resume) if launcher else None
+    try:
+        if not isinstance(task, LightningTask):
+            if opened is not None:
+                write_config(run, options, _derived(task, options, None))
+                task.write_inputs(run, options)
+            result = task.execute(run, options)
+            if opened is not None:
+                opened.commit()
+            result = task.finish(run, options, result)
+        else:
+            result = _train(task, run, options, launch, facts, changed, opened)
+    except BaseException:
+        if opened is not None:
+            opened.rollback()
+        raise
+    if opened is not None:
+        opened.close()
+    return result
 
 
 def _derived(task: Task[Any], options: Any, total: int | None) -> dict[str, Any]:
@@ -209,20 +223,24 @@ def _train(
     launch: Launch,
     facts: dict[str, Any],
     changed: list[str],
-    launcher: bool,
+    opened: OpenedRun | None,
 ) -> Any:
     import lightning as L
     import torch
 
     from histodrl.runs.trainer import checkpoint_step, trainer_for, trim_metrics
+    from histodrl.runs.watch import FiniteWatch, StopOnSignal
 
+    launcher = opened is not None
     ckpt = last_checkpoint(run)
-    start = 0
-    if launcher:
-        prepare_run_dir(run, overwrite=launch.overwrite, resume=launch.resume)
-    if launch.resume:
-        start = checkpoint_step(ckpt)
-    trainer = trainer_for(run, options, task.callbacks(options))
+    start = checkpoint_step(ckpt) if launch.resume else 0
+    callbacks = [
+        FiniteWatch(options.checkpoint_every),
+        _commit_callback(opened),
+        *task.callbacks(options),
+        StopOnSignal(ckpt),
+    ]
+    trainer = trainer_for(run, options, callbacks)
     if launch.resume and "total_steps" in facts and "max_steps" not in changed:
         total = int(facts["total_steps"])
     else:
@@ -252,3 +270,18 @@ def _train(
     if not trainer.is_global_zero:
         return None
     return task.finish(run, options, task.trained(run, module, trainer, options, total))
+
+
+def _commit_callback(opened: OpenedRun | None) -> Any:
+    """A Lightning callback: the new run has started once its first step is done (``--overwrite``
+    then deletes the run it replaces)."""
+    import lightning as L
+
+    class CommitOnFirstStep(L.Callback):
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            if opened is not None:
+                opened.commit()
+
+        on_train_end = on_train_batch_end
+
+    return CommitOnFirstStep()

@@ -37,7 +37,12 @@ def atomic_checkpoint_io():
         ) -> dict[str, Any]:
             if not Path(path).is_file():
                 raise UserInputError(f"{path}: checkpoint not found")
-            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+            try:
+                return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+            except Exception as exc:  # a truncated or foreign file: torch raises many types
+                raise UserInputError(
+                    f"{path}: not a readable checkpoint ({_first_line(exc)})"
+                ) from None
 
     return AtomicCheckpointIO()
 
@@ -172,17 +177,8 @@ def checkpoint_step(path: Path) -> int:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserInputError(f"{path}: not a readable checkpoint ({exc})") from exc
+        raise UserInputError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
     return int(ckpt.get("global_step", 0))
-
-
-def check_finite(value: torch.Tensor, name: str, step: int) -> None:
-    """Stop with a one-line error when a loss is NaN or infinite (costs a host sync: call rarely)."""
-    if not torch.isfinite(value).all():
-        raise UserInputError(
-            f"{name} is {value.item()} at step {step}: training diverged "
-            "(lower the learning rate, check the input data, or use --precision 32-true)"
-        )
 
 
 def autocast_for(device: torch.device, precision: str | None) -> Any:
@@ -247,3 +243,8 @@ def trainer_for(run: Path, options: Any, callbacks: list[Any] | None = None):
         sync_batchnorm=bool(getattr(options, "sync_batchnorm", False)),
         extra_callbacks=callbacks,
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
