@@ -58,9 +58,12 @@ def test_parse_source_splits_at_the_first_colon_and_checks_the_path(tmp_path):
     [
         (
             "imagenet:/data",
-            r"unknown data kind 'imagenet' \(expected one of glas, pcam, folder, wsi\)",
+            r"unknown data kind 'imagenet' \(expected one of glas, pcam, folder, wsi, masks, monuseg\)",
         ),
-        ("/data/glas", r"expected KIND:PATH with KIND one of glas, pcam, folder, wsi"),
+        (
+            "/data/glas",
+            r"expected KIND:PATH with KIND one of glas, pcam, folder, wsi, masks, monuseg",
+        ),
         ("glas:", r"glas:: missing path after 'glas:'"),
     ],
 )
@@ -77,7 +80,7 @@ def test_missing_paths_are_named(tmp_path):
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(UserInputError, match=r"is not a folder"):
         parse_source(f"glas:{tmp_path / 'f.txt'}")
-    assert SOURCE_KINDS == ("glas", "pcam", "folder", "wsi")
+    assert SOURCE_KINDS == ("glas", "pcam", "folder", "wsi", "masks", "monuseg")
 
 
 def assert_items(dataset, crop):

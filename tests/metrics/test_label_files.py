@@ -156,3 +156,55 @@ def test_empty_predictions_are_counted_and_noted(tmp_path):
     assert results["testA"]["n_empty_pred"] == 1
     assert results["testA"]["f1"] == 0.0
     assert "empty prediction" in format_glas_table(results, "pooled")
+
+
+def make_release(tmp_path, preds):
+    """A GLaS release folder (images and annotations of train, testA, testB) and predictions."""
+    names = ["train_1", "train_2", "testA_1", "testA_2", "testB_1"]
+    pred_dir, gt_dir = make_folders(tmp_path, [f"{n}_anno.bmp" for n in names], [])
+    for i, name in enumerate(names):
+        Image.new("RGB", (16, 12), (200, 100, 50)).save(gt_dir / f"{name}.bmp")
+        if name in preds:
+            touch_image(pred_dir / f"{name}.png", labels(i).astype(np.uint8))
+    return pred_dir, gt_dir
+
+
+def test_a_release_folder_scores_only_the_parts_with_predictions(tmp_path):
+    pred_dir, gt_dir = make_release(tmp_path, ["testA_1", "testA_2"])
+    results = evaluate_glas_folders(pred_dir, gt_dir)
+    assert list(results) == ["testA"] and results["testA"]["n_images"] == 2
+    assert results["testA"]["f1"] == 1.0  # the predictions equal the annotations
+    names = [n for n, _, _ in pair_glas_files(pred_dir, gt_dir)]
+    assert names == ["testA_1", "testA_2"]
+
+
+def test_a_release_folder_still_needs_every_prediction_of_a_scored_part(tmp_path):
+    pred_dir, gt_dir = make_release(tmp_path, ["testA_1", "testB_1"])
+    with pytest.raises(UserInputError, match=r"testA_2_anno\.bmp: no prediction testA_2"):
+        evaluate_glas_folders(pred_dir, gt_dir)
+    (tmp_path / "none").mkdir()
+    empty_dir, gt_dir = make_release(tmp_path / "none", [])
+    touch_image(empty_dir / "other.png", labels().astype(np.uint8))
+    with pytest.raises(UserInputError, match=r"testA_1_anno\.bmp: no prediction testA_1"):
+        evaluate_glas_folders(empty_dir, gt_dir)
+
+
+def test_parts_choose_what_is_scored_and_an_unknown_part_is_an_error(tmp_path):
+    pred_dir, gt_dir = make_release(
+        tmp_path, ["train_1", "train_2", "testA_1", "testA_2", "testB_1"]
+    )
+    assert list(evaluate_glas_folders(pred_dir, gt_dir)) == ["testA", "testB", "other"]
+    got = evaluate_glas_folders(pred_dir, gt_dir, parts=["testB"])
+    assert list(got) == ["testB"] and got["testB"]["n_images"] == 1
+    assert list(evaluate_glas_folders(pred_dir, gt_dir, parts=["train"])) == ["other"]
+    with pytest.raises(UserInputError, match=r"part 'testC': no annotation of that part in .*"
+                       r"\(parts there: testA, testB, train\)"):  # fmt: skip
+        evaluate_glas_folders(pred_dir, gt_dir, parts=["testC"])
+    # parts also select in a plain annotation folder, by the prefix before _<number>.
+    (tmp_path / "plain").mkdir()
+    plain_pred, plain_gt = make_folders(
+        tmp_path / "plain", ["liver_1_anno.png", "lung_1_anno.png"], ["liver_1.png"]
+    )
+    assert [n for n, _, _ in pair_glas_files(plain_pred, plain_gt, parts=["liver"])] == ["liver_1"]
+    with pytest.raises(UserInputError, match=r"lung_1_anno\.png: no prediction"):
+        pair_glas_files(plain_pred, plain_gt)  # not a release: every annotation is scored

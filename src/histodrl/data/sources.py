@@ -1,19 +1,30 @@
 """Data sources written ``KIND:PATH`` on the command line, and the pretraining dataset of each.
 
-=========  ===========================================  ==========================================
-kind       PATH                                         pretraining items (uint8 (3, crop, crop))
-=========  ===========================================  ==========================================
-``glas``   a GLaS folder                                sliding-window crops of the 85 train
-                                                        images, stride ``crop // 4``
-                                                        (:class:`~histodrl.data.glas.GlasCrops`)
-``pcam``   a folder with the PCam HDF5 files            train-split patches, centre- or
-                                                        randomly cropped when ``crop < 96``
-                                                        (:class:`~histodrl.data.pcam.PCamPatches`)
-``folder`` any folder of images (searched recursively)  random crops
-                                                        (:class:`~histodrl.data.folder.FolderImages`)
-``wsi``    a slide, a folder of slides or a glob        random tissue tiles
-                                                        (:class:`~histodrl.data.wsi.WsiTiles`)
-=========  ===========================================  ==========================================
+===========  ===========================================  ========================================
+kind         PATH                                         pretraining items (uint8 (3, crop, crop))
+===========  ===========================================  ========================================
+``glas``     a GLaS folder                                sliding-window crops of the 85 train
+                                                          images, stride ``crop // 4``
+                                                          (:class:`~histodrl.data.glas.GlasCrops`)
+``pcam``     a folder with the PCam HDF5 files            train-split patches, centre- or
+                                                          randomly cropped when ``crop < 96``
+                                                          (:class:`~histodrl.data.pcam.PCamPatches`)
+``folder``   any folder of images (searched recursively)  random crops
+                                                          (:class:`~histodrl.data.folder.FolderImages`)
+``wsi``      a slide, a folder of slides or a glob        random tissue tiles
+                                                          (:class:`~histodrl.data.wsi.WsiTiles`)
+``masks``    image + mask pairs                           sliding-window crops of the images of
+             (:mod:`~histodrl.data.masks`)                every split but test, stride
+                                                          ``crop // 4``; masks are not read
+                                                          (:class:`~histodrl.data.masks.ImageCrops`)
+``monuseg``  the MoNuSeg layout                           the same, of the tissue tiles
+             (:mod:`~histodrl.data.monuseg`)
+===========  ===========================================  ========================================
+
+For ``masks`` and ``monuseg`` the test images are those that
+:func:`histodrl.data.labelled.segmentation_source` holds out with the same ``split_seed`` and
+``test_fraction`` (a test folder when there is one; defaults 0 and 0.2 in both places), so that
+pretraining never sees a downstream test image whatever the pretraining ``seed``.
 
 Every dataset returned has a one-line ``description`` such as
 ``glas:/data/glas (85 train images, 5100 crops 256/64)``.
@@ -33,7 +44,7 @@ from histodrl.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("glas", "pcam", "folder", "wsi")
+SOURCE_KINDS = ("glas", "pcam", "folder", "wsi", "masks", "monuseg")
 
 # The options each kind takes in pretrain_dataset, with their defaults.
 SOURCE_OPTIONS: dict[str, dict[str, Any]] = {
@@ -41,6 +52,8 @@ SOURCE_OPTIONS: dict[str, dict[str, Any]] = {
     "pcam": {"crop_mode": "center", "cache_ram": False},
     "folder": {"epoch_size": None},
     "wsi": {"level": None, "mpp": None, "min_tissue": 0.5, "tiles_per_epoch": 10_000},
+    "masks": {"stride": None, "split_seed": 0, "test_fraction": 0.2},
+    "monuseg": {"stride": None, "split_seed": 0, "test_fraction": 0.2},
 }
 
 
@@ -82,7 +95,9 @@ def pretrain_dataset(spec: str, crop: int, seed: int = 0, **opts: Any) -> Datase
         seed: seed of every random crop or tile draw (>= 0).
         **opts: options of the kind (:data:`SOURCE_OPTIONS`): glas ``stride`` (default
             ``crop // 4``); pcam ``crop_mode`` (``"center"`` / ``"random"``), ``cache_ram``;
-            folder ``epoch_size``; wsi ``level``, ``mpp``, ``min_tissue``, ``tiles_per_epoch``.
+            folder ``epoch_size``; wsi ``level``, ``mpp``, ``min_tissue``, ``tiles_per_epoch``;
+            masks and monuseg ``stride`` (default ``crop // 4``), ``split_seed``,
+            ``test_fraction`` (which images are held out, module docstring).
             ``None`` means the default. Options of other kinds are ignored (so one command line
             serves every kind); one set to a non-default value is logged as ignored.
 
@@ -133,6 +148,20 @@ def pretrain_dataset(spec: str, crop: int, seed: int = 0, **opts: Any) -> Datase
             seed=seed,
             split="train",
             cache_ram=bool(own["cache_ram"]),
+        )
+    if kind in ("masks", "monuseg"):
+        if kind == "masks":
+            from histodrl.data.masks import mask_pretrain_crops as crops
+        else:
+            from histodrl.data.monuseg import monuseg_pretrain_crops as crops
+
+        stride = own["stride"] if own["stride"] is not None else max(1, crop // 4)
+        return crops(
+            path,
+            crop=crop,
+            stride=int(stride),
+            split_seed=int(own["split_seed"]),
+            test_fraction=float(own["test_fraction"]),
         )
     if kind == "folder":
         from histodrl.data.folder import FolderImages

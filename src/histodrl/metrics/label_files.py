@@ -9,7 +9,7 @@ streams the per-image sums into per-part scores. Bad files raise
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ from histodrl.metrics.glas import (
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 _ANNOTATION_SUFFIX = "_anno"
+_PART_OF_NAME = re.compile(r"^(.+)_[0-9]+$")
+_GLAS_TRAIN_NAME = re.compile(r"^train_[0-9]+$")
 
 
 def _natural_key(path: Path) -> list[object]:
@@ -111,8 +113,25 @@ def _prediction_matches(stem: str, base: str) -> bool:
     return stem == base or stem.startswith(base + "_")
 
 
-def pair_glas_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path, Path]]:
-    """Pair every annotation in ``gt_dir`` with its prediction in ``pred_dir``.
+def name_part(name: str) -> str:
+    """The part of an image name: its text before a final ``_<number>``.
+
+    ``"testA_12"`` is ``"testA"``, ``"train_3"`` is ``"train"``, ``"liver_img_7"`` is
+    ``"liver_img"``; a name without a final number is its own part.
+    """
+    match = _PART_OF_NAME.match(name)
+    return match.group(1) if match else name
+
+
+def _is_glas_release(names: list[str]) -> bool:
+    # A GLaS release folder holds the training annotations beside the test ones.
+    return any(_GLAS_TRAIN_NAME.match(name) for name in names)
+
+
+def pair_glas_files(
+    pred_dir: str | Path, gt_dir: str | Path, parts: Sequence[str] | None = None
+) -> list[tuple[str, Path, Path]]:
+    """Pair the annotations of ``gt_dir`` that are scored with their predictions in ``pred_dir``.
 
     Annotations are the ``*_anno.{png,bmp,tif,tiff}`` files of ``gt_dir`` (every image there when it
     has none), named by their stem without ``_anno``: ``testA_1_anno.bmp`` is ``testA_1``. Its
@@ -120,16 +139,27 @@ def pair_glas_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str,
     (``testA_1.png``, ``testA_1_seg.png``, ``testA_1_pred.tif``; never ``testA_10.png``).
     Predictions without an annotation are ignored.
 
+    Which annotations are scored, by part (:func:`name_part`: ``testA``, ``testB``, ``train``, or
+    any other prefix before ``_<number>``):
+
+    * ``parts`` given: the annotations of those parts;
+    * a GLaS release folder (it holds ``train_N`` annotations): the parts with at least one
+      prediction, so that test predictions are scored without the training annotations;
+    * otherwise: every annotation.
+
+    Every annotation of a scored part needs its prediction.
+
     Args:
         pred_dir: Folder of predicted label images.
         gt_dir: Folder of annotations (a GLaS release folder works: its H&E images are skipped).
+        parts: Parts to score, or ``None`` (see above).
 
     Returns:
         ``(name, prediction path, annotation path)`` in natural name order.
 
     Raises:
-        UserInputError: when a folder is missing or has no images, or an annotation has no
-            prediction or more than one.
+        UserInputError: when a folder is missing or has no images, a part in ``parts`` has no
+            annotation, or an annotation of a scored part has no prediction or more than one.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     gt_files = _image_files(gt_dir)
@@ -137,16 +167,37 @@ def pair_glas_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str,
     if annotations:
         gt_files = annotations
     pred_files = _image_files(pred_dir)
+    named = [(gt_path.stem.removesuffix(_ANNOTATION_SUFFIX), gt_path) for gt_path in gt_files]
+    matches = {
+        name: [p for p in pred_files if _prediction_matches(p.stem, name)] for name, _ in named
+    }
+    present = list(dict.fromkeys(name_part(name) for name, _ in named))
+    if parts is not None:
+        parts = list(dict.fromkeys(parts))
+        unknown = [p for p in parts if p not in present]
+        if unknown:
+            raise UserInputError(
+                f"part {unknown[0]!r}: no annotation of that part in {gt_dir} "
+                f"(parts there: {', '.join(present)})"
+            )
+        scored = set(parts)
+    elif _is_glas_release([name for name, _ in named]):
+        scored = {name_part(name) for name, _ in named if matches[name]}
+        if not scored:
+            scored = set(present)  # nothing matches: report the first missing prediction
+    else:
+        scored = set(present)
     pairs = []
-    for gt_path in gt_files:
-        name = gt_path.stem.removesuffix(_ANNOTATION_SUFFIX)
-        matches = [p for p in pred_files if _prediction_matches(p.stem, name)]
-        if not matches:
+    for name, gt_path in named:
+        if name_part(name) not in scored:
+            continue
+        found = matches[name]
+        if not found:
             raise UserInputError(f"{gt_path}: no prediction {name}[_*].png|bmp|tif in {pred_dir}")
-        if len(matches) > 1:
-            names = ", ".join(p.name for p in matches)
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
             raise UserInputError(f"{gt_path}: several predictions match in {pred_dir}: {names}")
-        pairs.append((name, matches[0], gt_path))
+        pairs.append((name, found[0], gt_path))
     return pairs
 
 
@@ -164,27 +215,36 @@ def _read_pairs(
 
 
 def evaluate_glas_folders(
-    pred_dir: str | Path, gt_dir: str | Path, *, aggregate: str = "pooled"
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    *,
+    aggregate: str = "pooled",
+    parts: Sequence[str] | None = None,
 ) -> dict[str, dict[str, float | int]]:
     """GLaS object metrics of a folder of predictions, separately for each test part.
 
-    Pairs files with :func:`pair_glas_files`, reads them with :func:`read_label_image` one pair at a
+    Pairs files with :func:`pair_glas_files` (on a GLaS release folder only the parts that have
+    predictions are scored; ``parts`` chooses them explicitly), reads them with :func:`read_label_image` one pair at a
     time, and scores each part (testA, testB, other, by :func:`~histodrl.metrics.glas.glas_part`)
     with the defaults of :func:`~histodrl.metrics.glas.glas_metrics`.
 
     Args:
         pred_dir: Folder of predicted instance label images.
-        gt_dir: Folder of annotations.
+        gt_dir: Folder of annotations (a GLaS release folder works).
         aggregate: ``"pooled"`` (challenge definition) or ``"mean"`` (mean of per-image scores).
 
     Returns:
         ``{part: {"f1", "dice", "hausdorff", "n_images", "n_empty_pred", "n_empty_gt"}}`` for the
         parts present, where ``n_empty_*`` count images whose prediction or annotation has no object
         (their objects are scored with the empty-side penalties).
+
+    Raises:
+        UserInputError: as :func:`pair_glas_files` and :func:`read_label_image`, and a prediction
+            whose size differs from its annotation's.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate={aggregate!r}: expected one of {AGGREGATES}")
-    pairs = pair_glas_files(pred_dir, gt_dir)
+    pairs = pair_glas_files(pred_dir, gt_dir, parts=parts)
     terms: dict[str, list[ImageTerms]] = {part: [] for part in PARTS}
     empty: dict[str, list[int]] = {part: [0, 0] for part in PARTS}
     for name, pred, gt in _read_pairs(pairs):
