@@ -351,3 +351,113 @@ def test_elastic_deform_rejects_bad_arguments(images, sigma, alpha, match):
 def test_fold_fraction_rejects_a_wrong_shape():
     with pytest.raises(ValueError, match="displacement"):
         fold_fraction(torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_bf16_autocast_gives_the_float32_field_and_image(approximate):
+    # Under bf16-mixed the banded-matrix smoothing would run in bf16 and quantise the field
+    # (a few thousand distinct values, errors up to 0.2 px); the deformation turns autocast off.
+    images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([3.8, 4.6])
+
+    def run():
+        generator = torch.Generator().manual_seed(11)
+        return elastic_deform(
+            images, sigma, 192.0, generator=generator, approximate=approximate, sigma_min=3.8
+        )
+
+    deformed, displacement = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        deformed_amp, displacement_amp = run()
+        smoothed_amp = gaussian_smooth(displacement, 2.0)
+        warped_amp = warp(images, displacement)
+    assert displacement_amp.dtype == deformed_amp.dtype == torch.float32
+    assert max_abs_diff(displacement_amp, displacement) <= 1e-5
+    assert max_abs_diff(deformed_amp, deformed) <= 1e-6
+    assert displacement_amp.unique().numel() > 0.9 * displacement.numel()
+    assert smoothed_amp.dtype == warped_amp.dtype == torch.float32
+    assert max_abs_diff(smoothed_amp, gaussian_smooth(displacement, 2.0)) <= 1e-5
+    assert max_abs_diff(warped_amp, warp(images, displacement)) <= 1e-6
+
+
+def test_bf16_fields_are_smoothed_in_float32_and_returned_in_bf16():
+    field = torch.rand(1, 2, 40, 40, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    smoothed = gaussian_smooth(field.bfloat16(), 2.0)
+    assert smoothed.dtype == torch.bfloat16
+    expected = gaussian_smooth(field.bfloat16().float(), 2.0).bfloat16()
+    assert torch.equal(smoothed, expected)
+
+
+def _explain(fn, *args, **kwargs):
+    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo.reset()
+    try:
+        return dynamo.explain(fn)(*args, **kwargs)
+    finally:
+        dynamo.reset()
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_elastic_deform_traces_without_graph_breaks(approximate):
+    # Dynamo stops (graph break) at every host read-back, .item() or branch on a tensor value, so
+    # no break means no host synchronisation on the device path (explain does not compile).
+    images = torch.rand(2, 3, 64, 64)
+    sigma, alpha = paper_sigma_alpha(64, 2, sigma_range=(0.05, 0.08))
+    explanation = _explain(
+        elastic_deform, images, sigma, alpha, approximate=approximate, sigma_min=0.05 * 64
+    )
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("approximate", [False, True])
+def test_no_host_synchronisation_on_cuda(approximate):
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    images = torch.rand(4, 3, 128, 128, device="cuda", generator=generator)
+
+    def step():
+        sigma, alpha = paper_sigma_alpha(128, 4, generator=generator, device="cuda")
+        return elastic_deform(
+            images, sigma, alpha, generator=generator, approximate=approximate, sigma_min=0.03 * 128
+        )
+
+    step()  # first-call initialisation (cuBLAS handles) is not part of the step
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            deformed, displacement = step()
+            warp(images, displacement)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert deformed.dtype == displacement.dtype == torch.float32
+
+
+def test_approximate_mode_needs_a_host_side_sigma_min_for_sigma_on_an_accelerator():
+    images = torch.rand(2, 3, 32, 32, device="meta")
+    on_device = torch.full((2,), 6.0, device="meta")
+    with pytest.raises(ValueError, match="sigma_min"):
+        elastic_deform(images, on_device, 64.0, approximate=True)
+    cpu_images = torch.rand(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="sigma_min"):
+        elastic_deform(cpu_images, torch.tensor([6.0, 9.0]), 64.0, approximate=True, sigma_min=7.0)
+    with pytest.raises(ValueError, match="sigma_min"):
+        elastic_deform(cpu_images, 6.0, 64.0, approximate=True, sigma_min=0.0)
+
+
+def test_sigma_min_sizes_the_coarse_grid():
+    images = torch.rand(2, 3, 64, 64)
+    sigma = torch.tensor([9.0, 12.0])
+
+    def run(**kwargs):
+        generator = torch.Generator().manual_seed(1)
+        return elastic_deform(images, sigma, 128.0, generator=generator, approximate=True, **kwargs)
+
+    default = run()
+    assert torch.equal(run(sigma_min=9.0)[1], default[1])  # the default is min(sigma)
+    finer = run(sigma_min=6.0)[1]  # a lower bound: a finer grid, the same statistics
+    assert not torch.equal(finer, default[1])
+    ratio = finer.pow(2).mean().sqrt() / default[1].pow(2).mean().sqrt()
+    assert 0.7 < float(ratio) < 1.3

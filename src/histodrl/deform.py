@@ -10,8 +10,16 @@ Recipe (``METHOD.md`` (d), E16): per image, a displacement field of U(-1, 1) noi
 smoothed by a normalised Gaussian with zero padding (truncated at ``int(4 sigma + 0.5)`` taps like
 ``scipy.ndimage.gaussian_filter(mode="constant", truncate=4)``), multiplied by ``alpha`` and used as
 a backward warp, bilinear, with reflection at the borders. Everything is batched and runs on the
-device of the images; with ``sigma`` given as a float or a tensor no host synchronisation is needed
-(except in the approximate mode, see :func:`elastic_deform`).
+device of the images, without host synchronisation: sigma and alpha may be floats or tensors on the
+device, the noise comes from a ``torch.Generator`` on that device, and no value is read back (the
+approximate mode sizes its coarse grid from a host-side ``sigma_min``, see :func:`elastic_deform`).
+The functions are traceable by ``torch.compile`` without graph breaks (with the global RNG; dynamo
+cannot trace an explicit ``torch.Generator``, which costs a graph break but no synchronisation).
+
+Precision: the field and the sampling always run in float32 (float64 for float64 inputs), with
+autocast disabled inside, so that a call in a ``bf16-mixed`` training step gives the same field as
+one outside it (in bf16 the banded-matrix smoothing would quantise the field to a few thousand
+values, errors up to 0.2 px).
 
 Conventions: ``displacement[:, 0]`` is the x (column) shift and ``displacement[:, 1]`` the y (row)
 shift, in pixels; ``deformed[b, :, i, j] = images[b, :, i + dy, j + dx]``.
@@ -19,8 +27,9 @@ shift, in pixels; ``deformed[b, :, i, j] = images[b, :, i + dy, j + dx]``.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +83,8 @@ def gaussian_smooth(field: torch.Tensor, sigma: FloatOrTensor) -> torch.Tensor:
     sigma per image without a Python loop.
 
     Args:
-        field: the fields to smooth, any floating dtype; the result has the same dtype and device.
+        field: the fields to smooth, any floating dtype; computed in float32 (float64 for a
+            float64 field) with autocast disabled, returned in the field's dtype, on its device.
         sigma: standard deviation in pixels, a float or a (B,) tensor of per-image values, each in
             ``(0, max(H, W)]``. Values are checked when they are on the CPU; a tensor on an
             accelerator is not read back (that would synchronise with the host).
@@ -94,8 +104,10 @@ def gaussian_smooth(field: torch.Tensor, sigma: FloatOrTensor) -> torch.Tensor:
     _check_batch(field, "field")
     batch, _, height, width = field.shape
     bound = max(height, width)
-    sigma_t = _per_image(sigma, batch, "sigma", field, upper=bound, positive=True)
-    return _smooth(field, sigma_t, sigma_t, bound)
+    with _full_precision(field.device):
+        work = field.to(_work_dtype(field.dtype))
+        sigma_t = _per_image(sigma, batch, "sigma", work, upper=bound, positive=True)
+        return _smooth(work, sigma_t, sigma_t, bound).to(field.dtype)
 
 
 def warp(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
@@ -110,7 +122,8 @@ def warp(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
     Args:
         images: floating images on any device.
         displacement: shifts in pixels; channel 0 is the x (column) shift, channel 1 the y (row)
-            shift. Computation runs in float64 when either input is float64, else in float32.
+            shift. Computation runs in float64 when either input is float64, else in float32,
+            with autocast disabled (also inside a bf16 autocast region).
 
     Returns:
         The warped images, in the dtype of ``images``.
@@ -130,16 +143,8 @@ def warp(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
             f"displacement: expected shape {(batch, 2, height, width)}, got {tuple(displacement.shape)}"
         )
     work = _work_dtype(images.dtype, displacement.dtype)
-    # align_corners=True maps -1 and 1 to the centres of the first and last pixels, so the grid is
-    # (pixel + shift) * 2 / (n - 1) - 1, computed in one pass with addcmul.
-    scale = _constant((2.0 / (width - 1), 2.0 / (height - 1)), images.device, work)
-    cols = torch.arange(width, device=images.device, dtype=work)
-    rows = torch.arange(height, device=images.device, dtype=work)
-    pixels = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)
-    grid = torch.addcmul(pixels * scale - 1.0, displacement.to(work).permute(0, 2, 3, 1), scale)
-    out = F.grid_sample(
-        images.to(work), grid, mode="bilinear", padding_mode="reflection", align_corners=True
-    )
+    with _full_precision(images.device):
+        out = _warp(images.to(work), displacement.to(work))
     return out.to(images.dtype)
 
 
@@ -150,6 +155,7 @@ def elastic_deform(
     *,
     generator: torch.Generator | None = None,
     approximate: bool = False,
+    sigma_min: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Elastically deform each image with a fresh random displacement field (paper Sec. III-B).
 
@@ -172,9 +178,17 @@ def elastic_deform(
             width s has a standard deviation proportional to 1 / s per axis) and upsample
             bilinearly (``align_corners=True``). Its expected RMS displacement and
             autocorrelation (lags up to 2 sigma) are within 2 % of the exact field's (tested);
-            fold fractions are close but not pinned. It reads ``min(sigma)`` on the host, which
-            synchronises when sigma is a tensor on an accelerator. It is the exact mode when
-            sigma < 3 px.
+            fold fractions are close but not pinned. It is the exact mode when sigma < 3 px.
+        sigma_min: approximate mode only: a host-side lower bound on every sigma, in pixels,
+            which sizes the coarse grid (a smaller bound only makes the grid finer and the
+            approximation closer). None: ``min(sigma)``, read on the host, which needs sigma to
+            be a float or a CPU tensor; a sigma tensor on an accelerator needs ``sigma_min``
+            (e.g. ``sigma_range[0] * S`` of :func:`paper_sigma_alpha`), because reading it back
+            would synchronise with the host.
+
+    Precision: the noise, the field and the warp are computed in float32 (float64 for float64
+    images) with autocast disabled inside, so the result is the same inside a ``bf16-mixed``
+    autocast region as outside it. No value is read back to the host on any device.
 
     The noise is ``torch.empty(B, 2, h, w).uniform_(-1, 1, generator=generator)`` in the
     displacement dtype, with ``(h, w) = (H, W)`` in the exact mode, so a reference implementation
@@ -192,25 +206,30 @@ def elastic_deform(
         - displacement: (B, 2, H, W)
 
     Raises:
-        ValueError: on wrong shapes, dtypes, values, or a generator on another device.
+        ValueError: on wrong shapes, dtypes, values, a generator on another device, or (in the
+            approximate mode) a sigma tensor on an accelerator without ``sigma_min``.
     """
     _check_batch(images, "images")
     _check_generator(generator, images.device)
     batch, _, height, width = images.shape
     work = _work_dtype(images.dtype)
-    probe = images.new_empty(0, dtype=work)
     bound = max(height, width)
-    sigma_t = _per_image(sigma, batch, "sigma", probe, upper=bound, positive=True)
-    alpha_t = _per_image(alpha, batch, "alpha", probe, upper=math.inf, positive=False)
-
     if approximate:
-        displacement = _approximate_displacement(
-            batch, height, width, sigma, sigma_t, alpha_t, generator, probe
-        )
-    else:
-        noise = _uniform_noise(batch, height, width, generator, probe)
-        displacement = _smooth(noise, sigma_t, sigma_t, bound, scale=alpha_t)
-    return warp(images, displacement), displacement
+        sigma_min = _host_sigma_min(sigma, sigma_min, bound)
+    with _full_precision(images.device):
+        probe = images.new_empty(0, dtype=work)
+        sigma_t = _per_image(sigma, batch, "sigma", probe, upper=bound, positive=True)
+        alpha_t = _per_image(alpha, batch, "alpha", probe, upper=math.inf, positive=False)
+        if approximate:
+            assert sigma_min is not None
+            displacement = _approximate_displacement(
+                batch, height, width, sigma_min, sigma_t, alpha_t, generator, probe
+            )
+        else:
+            noise = _uniform_noise(batch, height, width, generator, probe)
+            displacement = _smooth(noise, sigma_t, sigma_t, bound, scale=alpha_t)
+        deformed = _warp(images.to(work), displacement)
+    return deformed.to(images.dtype), displacement
 
 
 def paper_sigma_alpha(
@@ -375,15 +394,16 @@ def _approximate_displacement(
     batch: int,
     height: int,
     width: int,
-    sigma: FloatOrTensor,
+    sigma_min: float,
     sigma_t: torch.Tensor,
     alpha_t: torch.Tensor,
     generator: torch.Generator | None,
     probe: torch.Tensor,
 ) -> torch.Tensor:
-    """alpha * smoothed noise drawn on a coarse grid and upsampled bilinearly (see elastic_deform)."""
-    # The coarse grid's size must be a Python int: this is the one read-back of sigma.
-    sigma_min = float(sigma.min()) if isinstance(sigma, torch.Tensor) else float(sigma)
+    """alpha * smoothed noise drawn on a coarse grid and upsampled bilinearly (see elastic_deform).
+
+    The coarse grid's size must be a Python int, so it comes from the host-side ``sigma_min``.
+    """
     coarse_h, coarse_w = approximate_grid_shape(height, width, sigma_min)
     if (coarse_h, coarse_w) == (height, width):
         noise = _uniform_noise(batch, height, width, generator, probe)
@@ -408,15 +428,65 @@ def _uniform_noise(
     return noise.uniform_(-1.0, 1.0, generator=generator)
 
 
-@functools.lru_cache(maxsize=64)
-def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A small constant tensor, made once per device: a fresh host-to-GPU copy would synchronise.
+def _warp(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+    """warp() without checks: both inputs in the working dtype, autocast already off."""
+    _, _, height, width = images.shape
+    dtype, device = images.dtype, images.device
+    # align_corners=True maps -1 and 1 to the centres of the first and last pixels, so the grid is
+    # (pixel + shift) * 2 / (n - 1) - 1, computed in one pass with addcmul. The per-axis scale is
+    # made on the device by fills (a host-to-device copy of a small tensor would synchronise).
+    scale_x, scale_y = 2.0 / (width - 1), 2.0 / (height - 1)
+    scale = torch.stack(
+        (
+            torch.full((), scale_x, device=device, dtype=dtype),
+            torch.full((), scale_y, device=device, dtype=dtype),
+        )
+    )
+    cols = torch.arange(width, device=device, dtype=dtype)
+    rows = torch.arange(height, device=device, dtype=dtype)
+    pixels = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)
+    grid = torch.addcmul(pixels * scale - 1.0, displacement.permute(0, 2, 3, 1), scale)
+    return F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="reflection", align_corners=True
+    )
 
-    Callers must not modify it in place. Made outside inference mode, so that a first call under
-    ``torch.inference_mode`` (e.g. Lightning's validation) does not cache an inference tensor.
-    """
-    with torch.inference_mode(False):
-        return torch.tensor(values, device=device, dtype=dtype)
+
+def _full_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Autocast off for ``device``: the deformation computes in the dtypes it chooses."""
+    is_available = getattr(torch.amp, "is_autocast_available", None)
+    if is_available is not None and not is_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
+def _host_sigma_min(sigma: FloatOrTensor, sigma_min: float | None, bound: float) -> float:
+    """The approximate mode's host-side lower bound on sigma (see elastic_deform)."""
+    if sigma_min is None:
+        if not isinstance(sigma, torch.Tensor):
+            return float(sigma)
+        if sigma.device.type != "cpu":
+            raise ValueError(
+                f"sigma_min: the approximate mode needs a host-side lower bound on sigma when "
+                f"sigma is a tensor on {sigma.device} (reading it back would synchronise)"
+            )
+        return float(sigma.detach().min())
+    sigma_min = float(sigma_min)
+    if not 0.0 < sigma_min <= bound:
+        raise ValueError(f"sigma_min: expected 0 < sigma_min <= {bound}, got {sigma_min}")
+    if not isinstance(sigma, torch.Tensor):
+        smallest: float | None = float(sigma)
+    elif sigma.device.type == "cpu" and not _compiling():
+        smallest = float(sigma.detach().min())
+    else:
+        smallest = None
+    if smallest is not None and sigma_min > smallest * (1.0 + 1e-6):
+        raise ValueError(f"sigma_min: {sigma_min} is above the smallest sigma {smallest}")
+    return sigma_min
 
 
 def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -452,7 +522,14 @@ def _per_image(
     upper: float,
     positive: bool,
 ) -> torch.Tensor:
-    """A (B,) tensor on probe's device and dtype; values checked where that needs no host sync."""
+    """A (B,) tensor on probe's device and dtype; values checked where that needs no host sync.
+
+    Floats are checked in Python, CPU tensors by reading them (no device involved); tensors on an
+    accelerator are not read, nor are CPU tensors while ``torch.compile`` traces (a read-back
+    would be a graph break).
+    """
+    bound = "0 <" if positive else "0 <="
+    message = f"{name}: expected values with {bound} {name} <= {upper}, got {value}"
     if isinstance(value, torch.Tensor):
         if value.dim() == 0:
             value = value.expand(batch)
@@ -460,15 +537,14 @@ def _per_image(
             raise ValueError(
                 f"{name}: expected a float or a tensor of shape ({batch},), got {tuple(value.shape)}"
             )
-        host_visible = value.device.type == "cpu"
-        tensor = value.to(device=probe.device, dtype=probe.dtype)
-        checked = value.detach().double() if host_visible else None
-    else:
-        tensor = torch.full((batch,), float(value), device=probe.device, dtype=probe.dtype)
-        checked = torch.tensor([float(value)], dtype=torch.float64)
-    if checked is not None:
-        low_ok = (checked > 0) if positive else (checked >= 0)
-        if not bool((low_ok & (checked <= upper)).all()):
-            bound = "0 <" if positive else "0 <="
-            raise ValueError(f"{name}: expected values with {bound} {name} <= {upper}, got {value}")
-    return tensor
+        if value.device.type == "cpu" and not _compiling():
+            checked = value.detach().double()
+            low_ok = (checked > 0) if positive else (checked >= 0)
+            if not bool((low_ok & (checked <= upper)).all()):
+                raise ValueError(message)
+        return value.to(device=probe.device, dtype=probe.dtype)
+    number = float(value)
+    low_ok = number > 0 if positive else number >= 0
+    if not (low_ok and number <= upper):
+        raise ValueError(message)
+    return torch.full((batch,), number, device=probe.device, dtype=probe.dtype)

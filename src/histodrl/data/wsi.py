@@ -15,6 +15,16 @@ kept when the mask covers at least ``min_tissue`` of the mask pixels under it (m
 mask's grid: the tile's footprint is widened to whole mask pixels). Item ``i`` of epoch ``e`` is
 the candidate drawn uniformly over all slides' candidates by
 :func:`histodrl.data.crops.item_rng` ``(seed, e, i)``.
+
+Reading (``benchmarks/wsi.py`` measures it): a tile's region is read straight from the TIFF tiles
+of its pyramid level (:class:`LevelReader`: the compressed tiles are read from the file and
+decoded with tifffile's own decoder, without tiffslide's zarr layer, whose asynchronous machinery
+cost more than the decoding), and decoded tiles are kept in a per-process least-recently-used
+:class:`TileCache` bounded in bytes, so neighbouring and repeated draws decode each slide tile
+once. The pixels are the ones ``tiffslide.TiffSlide.read_region`` returns (checked against it on
+the first read of every level; a level that tifffile does not describe as plain tiles, or that
+differs, is read through tiffslide). Resampling to a requested ``mpp`` is unchanged: the region
+read at the plan's level is resized by Pillow (box filter when shrinking, bilinear when growing).
 """
 
 from __future__ import annotations
@@ -23,7 +33,8 @@ import glob
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +56,9 @@ MASK_MAX_SIDE = 2048
 MIN_SATURATION = 0.05
 # Downsamples within this relative tolerance count as equal (levels are e.g. 4.0003x).
 _DOWNSAMPLE_TOLERANCE = 1e-3
+# Decoded slide tiles kept per process (each DataLoader worker has its own cache): 128 MiB is
+# about 770 JPEG tiles of 240x240 RGB, or 170 of 512x512.
+DEFAULT_TILE_CACHE_BYTES = 128 * 2**20
 
 
 def resolve_slide_paths(paths_or_glob: str | os.PathLike[str] | Sequence[Any]) -> list[Path]:
@@ -94,9 +108,11 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     Returns:
         float32 in [0, 1]. Shape: (H, W).
     """
-    rgb = rgb.astype(np.float32)
-    high = rgb.max(axis=2)
-    low = rgb.min(axis=2)
+    # Channel-wise maximum/minimum on uint8 planes: numpy's reduction over a last axis of 3 is
+    # several times slower (and this runs on up to MASK_MAX_SIDE^2 pixels per slide).
+    r, g, b = (rgb[:, :, c] for c in range(3))
+    high = np.maximum(np.maximum(r, g), b).astype(np.float32)
+    low = np.minimum(np.minimum(r, g), b).astype(np.float32)
     return np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
 
 
@@ -245,6 +261,163 @@ def tile_positions(
     return np.stack([xs[cols], ys[rows]], axis=1).astype(np.int64)
 
 
+class TileCache:
+    """Decoded slide tiles, least recently used first out, at most ``max_bytes`` in all.
+
+    One per process (a :class:`WsiTiles` replaces it in a new process): entries are read-only
+    numpy arrays keyed by ``(slide, level, tile index)``. A tile larger than ``max_bytes`` is
+    not kept; ``max_bytes=0`` keeps nothing.
+
+    Attributes:
+        max_bytes: the bound on :attr:`nbytes`.
+        nbytes: bytes held now.
+        hits, misses: lookups that found, or did not find, their tile.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_TILE_CACHE_BYTES) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes={max_bytes}: expected a size >= 0")
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: Hashable, value: np.ndarray) -> None:
+        if key in self._entries:
+            self.nbytes -= self._entries.pop(key).nbytes
+        if value.nbytes > self.max_bytes:
+            return
+        value.flags.writeable = False
+        self._entries[key] = value
+        self.nbytes += value.nbytes
+        while self.nbytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.nbytes -= evicted.nbytes
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+
+class LevelReader:
+    """Regions of one pyramid level, read from its TIFF tiles and decoded by tifffile.
+
+    Use :meth:`for_level`, which returns None when the level is not plain tiles of 8-bit
+    interleaved samples of the level's size (tiffslide then reads it).
+
+    Args:
+        page: the level's tifffile page (tiled, planar configuration contiguous).
+        cache: where decoded tiles are kept.
+        key: this level's prefix in the cache keys, e.g. ``(slide index, level)``.
+    """
+
+    def __init__(self, page: Any, cache: TileCache, key: tuple[Any, ...]) -> None:
+        self.page = page
+        self.keyframe = page.keyframe
+        self.cache = cache
+        self.key = key
+        self.height, self.width = int(page.shaped[2]), int(page.shaped[3])
+        self.samples = int(page.shaped[4])
+        self.tile_height, self.tile_width = int(page.chunks[0]), int(page.chunks[1])
+        self.tiles_across = -(-self.width // self.tile_width)
+        self._decode_args: dict[str, Any] = {"_fullsize": True}
+        if page.jpegtables is not None:
+            self._decode_args["jpegtables"] = page.jpegtables
+        if getattr(self.keyframe, "jpegheader", None) is not None:
+            self._decode_args["jpegheader"] = self.keyframe.jpegheader
+
+    @classmethod
+    def for_level(
+        cls, slide: Any, level: int, cache: TileCache, key: tuple[Any, ...]
+    ) -> LevelReader | None:
+        """The reader of ``slide``'s level, or None where tiffslide must read it."""
+        try:
+            if slide.properties.get("tiffslide.series-axes") != "YXS":
+                return None
+            series = slide.ts_tifffile.series[int(slide.properties["tiffslide.series-index"])]
+            pages = series.levels[level].pages
+            page = pages[0]
+            width, height = slide.level_dimensions[level]
+            plain = (
+                len(pages) == 1
+                and page.is_tiled
+                and not page.is_ndpi
+                and page.dtype == np.uint8
+                and page.planarconfig == 1
+                and len(page.chunks) == 3
+                and tuple(page.shaped[:2]) == (1, 1)
+                and (page.shaped[3], page.shaped[2]) == (width, height)
+            )
+        except Exception:  # kerchunk-backed slides, formats tifffile lays out otherwise
+            return None
+        return cls(page, cache, key) if plain else None
+
+    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """The level's pixels ``[y, y + height) x [x, x + width)``, zero outside the level.
+
+        Returns:
+            uint8. Shape: (height, width, samples).
+        """
+        x1, y1 = min(x + width, self.width), min(y + height, self.height)
+        x0, y0 = max(x, 0), max(y, 0)
+        inside = (x0, y0, x1, y1) == (x, y, x + width, y + height)
+        out = (np.empty if inside else np.zeros)((height, width, self.samples), np.uint8)
+        if x0 >= x1 or y0 >= y1:
+            return out
+        th, tw = self.tile_height, self.tile_width
+        for row in range(y0 // th, (y1 - 1) // th + 1):
+            top = row * th
+            r0, r1 = max(y0, top), min(y1, top + th)
+            for col in range(x0 // tw, (x1 - 1) // tw + 1):
+                left = col * tw
+                c0, c1 = max(x0, left), min(x1, left + tw)
+                tile = self.tile(row, col)
+                out[r0 - y : r1 - y, c0 - x : c1 - x] = tile[
+                    r0 - top : r1 - top, c0 - left : c1 - left
+                ]
+        return out
+
+    def tile(self, row: int, col: int) -> np.ndarray:
+        """Decoded tile (row, col), cropped to the level: from the cache, or read and decoded."""
+        index = row * self.tiles_across + col
+        key = (*self.key, index)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        th = min(self.tile_height, self.height - row * self.tile_height)
+        tw = min(self.tile_width, self.width - col * self.tile_width)
+        offset = int(self.page.dataoffsets[index])
+        count = int(self.page.databytecounts[index])
+        if offset == 0 or count == 0:  # a tile missing from the file reads as zeros
+            tile = np.zeros((th, tw, self.samples), np.uint8)
+        else:
+            fh = self.page.parent.filehandle
+            with fh.lock:
+                fh.seek(offset)
+                data = fh.read(count)
+            decoded = self.keyframe.decode(data, index, **self._decode_args)[0]
+            full = decoded.reshape(self.tile_height, self.tile_width, self.samples)
+            tile = full if (th, tw) == full.shape[:2] else np.ascontiguousarray(full[:th, :tw])
+        self.cache.put(key, tile)
+        return tile
+
+
 def _open_slide(path: Path) -> Any:
     import tiffslide
 
@@ -286,6 +459,8 @@ class WsiTiles(EpochSeeded, Dataset):
         min_tissue: least fraction of a tile that the tissue mask must cover, 0..1.
         seed: seed of the tile draws (>= 0).
         tiles_per_epoch: items per epoch (>= 1).
+        tile_cache_bytes: bound of each process's :class:`TileCache` of decoded slide tiles
+            (every DataLoader worker has its own); 0 decodes every tile at every read.
 
     Attributes:
         paths: the slides.
@@ -299,7 +474,8 @@ class WsiTiles(EpochSeeded, Dataset):
     Raises:
         UserInputError: no slide, an unreadable slide, a level or resolution a slide lacks, or no
             tile with enough tissue in any slide (slides without any are logged and skipped).
-        ValueError: ``crop``, ``min_tissue``, ``seed`` or ``tiles_per_epoch`` out of range.
+        ValueError: ``crop``, ``min_tissue``, ``seed``, ``tiles_per_epoch`` or
+            ``tile_cache_bytes`` out of range.
     """
 
     def __init__(
@@ -311,6 +487,7 @@ class WsiTiles(EpochSeeded, Dataset):
         min_tissue: float = 0.5,
         seed: int = 0,
         tiles_per_epoch: int = 10_000,
+        tile_cache_bytes: int = DEFAULT_TILE_CACHE_BYTES,
     ) -> None:
         if crop < 1:
             raise ValueError(f"crop={crop}: expected a positive crop size")
@@ -320,11 +497,15 @@ class WsiTiles(EpochSeeded, Dataset):
             raise ValueError(f"seed={seed}: expected a non-negative seed")
         if tiles_per_epoch < 1:
             raise ValueError(f"tiles_per_epoch={tiles_per_epoch}: expected a positive count")
+        if tile_cache_bytes < 0:
+            raise ValueError(f"tile_cache_bytes={tile_cache_bytes}: expected a size >= 0")
         self.crop = int(crop)
+        self.tile_cache_bytes = int(tile_cache_bytes)
         self.seed = int(seed)
         self.tiles_per_epoch = int(tiles_per_epoch)
         self.paths = resolve_slide_paths(paths_or_glob)
         self.plans: list[ReadPlan] = []
+        self._downsamples: list[tuple[float, ...]] = []
         per_slide = []
         for k, path in enumerate(self.paths):
             slide = _open_slide(path)
@@ -347,6 +528,7 @@ class WsiTiles(EpochSeeded, Dataset):
             if len(found) == 0:
                 logger.warning("%s: no tile with at least %.0f%% tissue", path, 100 * min_tissue)
             self.plans.append(plan)
+            self._downsamples.append(tuple(float(d) for d in slide.level_downsamples))
             per_slide.append(np.column_stack([np.full(len(found), k), found]))
         self.positions = np.concatenate(per_slide).astype(np.int64)
         if len(self.positions) == 0:
@@ -361,26 +543,67 @@ class WsiTiles(EpochSeeded, Dataset):
             f"tiles {crop}x{crop} at {where}, {self.tiles_per_epoch} per epoch)"
         )
         self._slides: dict[int, Any] = {}
+        self._readers: dict[tuple[int, int], LevelReader | None] = {}
+        self._cache = TileCache(self.tile_cache_bytes)
         self._slides_pid: int | None = None
 
     def __len__(self) -> int:
         return self.tiles_per_epoch
 
     def __getstate__(self) -> dict[str, Any]:
-        # Slide handles are per process (opened lazily by the process that reads).
+        # Slide handles, readers and decoded tiles are per process (made lazily by the process
+        # that reads).
         state = dict(self.__dict__)
         state["_slides"] = {}
+        state["_readers"] = {}
+        state["_cache"] = TileCache(self.tile_cache_bytes)
         state["_slides_pid"] = None
         return state
 
-    def _slide(self, k: int) -> Any:
+    @property
+    def tile_cache(self) -> TileCache:
+        """This process's cache of decoded slide tiles."""
+        self._own_process()
+        return self._cache
+
+    def _own_process(self) -> None:
         pid = os.getpid()
         if self._slides_pid != pid:
-            # Handles inherited through fork are replaced, never shared between processes.
-            self._slides, self._slides_pid = {}, pid
+            # Handles inherited through fork are replaced, never shared between processes; the
+            # decoded tiles go with them (each worker fills its own cache).
+            self._slides, self._readers = {}, {}
+            self._cache = TileCache(self.tile_cache_bytes)
+            self._slides_pid = pid
+
+    def _slide(self, k: int) -> Any:
+        self._own_process()
         if k not in self._slides:
             self._slides[k] = _open_slide(self.paths[k])
         return self._slides[k]
+
+    def _reader(self, k: int, level: int) -> LevelReader | None:
+        """The direct reader of slide k's level, or None to read through tiffslide."""
+        slide = self._slide(k)
+        if (k, level) not in self._readers:
+            reader = LevelReader.for_level(slide, level, self._cache, (k, level))
+            if reader is not None and not self._reads_like_tiffslide(slide, level, reader):
+                logger.debug("%s: level %d is read through tiffslide", self.paths[k], level)
+                reader = None
+            self._readers[(k, level)] = reader
+        return self._readers[(k, level)]
+
+    def _reads_like_tiffslide(self, slide: Any, level: int, reader: LevelReader) -> bool:
+        """Compare a region across the first tile corner with tiffslide's read_region."""
+        ds = float(slide.level_downsamples[level])
+        x0 = max(0, min(reader.tile_width - 8, reader.width - 16))
+        y0 = max(0, min(reader.tile_height - 8, reader.height - 16))
+        base = (math.ceil(x0 * ds), math.ceil(y0 * ds))
+        rx, ry = int(base[0] / ds), int(base[1] / ds)  # tiffslide's level coordinates
+        size = (min(16, reader.width - rx), min(16, reader.height - ry))
+        if min(size) < 1:
+            return False
+        expected = np.asarray(slide.read_region(base, level, size, as_array=True))
+        return bool(np.array_equal(reader.read(rx, ry, *size), expected))
 
     def tile(self, slide_index: int, x: int, y: int) -> torch.Tensor:
         """Read the tile of slide ``slide_index`` with level-0 corner ``(x, y)``.
@@ -390,8 +613,13 @@ class WsiTiles(EpochSeeded, Dataset):
         """
         plan = self.plans[slide_index]
         path = self.paths[slide_index]
-        size = (plan.read_size, plan.read_size)
-        region = self._slide(slide_index).read_region((x, y), plan.level, size, as_array=True)
+        n = plan.read_size
+        reader = self._reader(slide_index, plan.level)
+        if reader is None:
+            region = self._slide(slide_index).read_region((x, y), plan.level, (n, n), as_array=True)
+        else:
+            ds = self._downsamples[slide_index][plan.level]
+            region = reader.read(int(x / ds), int(y / ds), n, n)  # tiffslide's level coordinates
         rgb = _as_rgb(np.asarray(region), path)
         if plan.read_size != self.crop:
             resample = (
