@@ -262,7 +262,8 @@ def _convert(spec: Spec, value: Any, from_text: bool) -> Any:
     raise TypeError(f"option {spec.name}: unsupported type {kind!r}")
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A value as a user types it (``0.03,0.05``, ``1e-04``)."""
     if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
         return " ".join(value)
     if isinstance(value, tuple):
@@ -276,11 +277,11 @@ def _checked(spec: Spec, value: Any, where: str) -> Any:
     choices = spec.meta.get("choices")
     if value is not None and choices is not None and value not in choices:
         raise UserInputError(
-            f"{where}{_show(value)!s}: expected one of {', '.join(map(str, choices))}"
+            f"{where}{show(value)!s}: expected one of {', '.join(map(str, choices))}"
         )
     check = spec.meta.get("check")
     if value is not None and check is not None and not check(value):
-        raise UserInputError(f"{where}{_show(value)}: expected {check.expected}")
+        raise UserInputError(f"{where}{show(value)}: expected {check.expected}")
     return value
 
 
@@ -406,7 +407,7 @@ def _help_text(spec: Spec) -> str:
         return text
     if spec.default is None:
         return text
-    return f"{text} (default: {_show(spec.default)})"
+    return f"{text} (default: {show(spec.default)})"
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, config: bool = True) -> None:

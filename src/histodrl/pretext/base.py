@@ -30,6 +30,7 @@ from histodrl.runs.layout import (
 )
 from histodrl.runs.lifecycle import LoaderFromTask
 from histodrl.runs.sampling import step_generator
+from histodrl.runs.trainer import load_checkpoint_file
 
 if TYPE_CHECKING:
     from histodrl.commands.pretrain import PretrainOptions
@@ -202,10 +203,7 @@ def load_module_from_checkpoint(run: Path) -> PretextModule:
     ckpt_path = last_checkpoint(run)
     if not ckpt_path.is_file():
         raise UserInputError(f"{ckpt_path}: not found (has {run} been trained?)")
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise UserInputError(f"{ckpt_path}: not a readable checkpoint ({exc})") from exc
+    ckpt = load_checkpoint_file(ckpt_path)
     saved = dict(ckpt.get("hyper_parameters") or {})
     if "method" not in saved:
         raise UserInputError(f"{ckpt_path}: not a histodrl pretraining checkpoint")

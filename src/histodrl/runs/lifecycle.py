@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from histodrl.commands.options import differing, specs, with_values
+from histodrl.commands.options import differing, show, specs, with_values
 from histodrl.errors import UserInputError
 from histodrl.runs.folder import OpenedRun, open_run
 from histodrl.runs.layout import (
@@ -144,7 +144,7 @@ def resumed_options(
     if refused:
         by_name = {s.name: s for s in specs(task.options_class)}
         listed = ", ".join(
-            f"{by_name[n].label} {getattr(options, n)!r} (run: {getattr(saved, n)!r})"
+            f"{by_name[n].label} {show(getattr(options, n))} (run: {show(getattr(saved, n))})"
             for n in refused
         )
         raise UserInputError(
@@ -234,11 +234,12 @@ def _train(
     launcher = opened is not None
     ckpt = last_checkpoint(run)
     start = checkpoint_step(ckpt) if launch.resume else 0
+    stop = StopOnSignal()
     callbacks = [
         FiniteWatch(options.checkpoint_every),
         _commit_callback(opened),
         *task.callbacks(options),
-        StopOnSignal(ckpt),
+        stop,
     ]
     trainer = trainer_for(run, options, callbacks)
     if launch.resume and "total_steps" in facts and "max_steps" not in changed:
@@ -267,6 +268,7 @@ def _train(
     trainer.fit(module, ckpt_path=str(ckpt) if launch.resume else None)
     # Lightning checkpoints every N steps; the last step is saved whatever N is.
     trainer.save_checkpoint(ckpt, weights_only=False)
+    stop.raise_if_stopped(int(trainer.global_step))
     if not trainer.is_global_zero:
         return None
     return task.finish(run, options, task.trained(run, module, trainer, options, total))

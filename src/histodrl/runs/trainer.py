@@ -35,14 +35,7 @@ def atomic_checkpoint_io():
         def load_checkpoint(
             self, path: _PATH, map_location: Any = None, weights_only: bool | None = None
         ) -> dict[str, Any]:
-            if not Path(path).is_file():
-                raise UserInputError(f"{path}: checkpoint not found")
-            try:
-                return torch.load(path, map_location=map_location or "cpu", weights_only=True)
-            except Exception as exc:  # a truncated or foreign file: torch raises many types
-                raise UserInputError(
-                    f"{path}: not a readable checkpoint ({_first_line(exc)})"
-                ) from None
+            return load_checkpoint_file(Path(path))
 
     return AtomicCheckpointIO()
 
@@ -79,7 +72,7 @@ def make_trainer(
         logging.getLogger(name).setLevel(logging.WARNING)
     if precision is None:
         precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
-    loggers: list[Any] = [_run_csv_logger(run)]
+    loggers: list[Any] = [_run_csv_logger(run, min(100, max(1, checkpoint_every)))]
     if importlib.util.find_spec("tensorboard") is not None:  # TensorBoard when installed
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -125,11 +118,12 @@ def make_trainer(
     )
 
 
-def _run_csv_logger(run: Path):
+def _run_csv_logger(run: Path, flush_every: int = 100):
     """Lightning's CSV logger writing ``RUN/metrics.csv``, which it keeps (and appends to) on resume.
 
     Lightning's own deletes an existing metrics file; :func:`trim_metrics` cuts it back to the
-    resumed step instead.
+    resumed step instead. Rows are flushed at least as often as checkpoints are written, so a
+    killed run's file holds every step its checkpoint holds.
     """
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -149,7 +143,9 @@ def _run_csv_logger(run: Path):
                 self._experiment = KeepingWriter(log_dir=self.log_dir)
             return self._experiment
 
-    return RunCSVLogger(save_dir=str(run), name="", version="")
+    return RunCSVLogger(
+        save_dir=str(run), name="", version="", flush_logs_every_n_steps=max(1, flush_every)
+    )
 
 
 def trim_metrics(run: Path, from_step: int) -> None:
@@ -172,13 +168,23 @@ def trim_metrics(run: Path, from_step: int) -> None:
     atomic_write(path, write)
 
 
-def checkpoint_step(path: Path) -> int:
-    """The global step stored in a Lightning checkpoint (read with weights_only=True)."""
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A checkpoint read with ``weights_only=True``; one-line errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # a truncated or foreign file: torch raises many types
         raise UserInputError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
-    return int(ckpt.get("global_step", 0))
+    if not isinstance(ckpt, dict):
+        raise UserInputError(f"{path}: not a Lightning checkpoint")
+    return ckpt
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step stored in a Lightning checkpoint."""
+    return int(load_checkpoint_file(path).get("global_step", 0))
 
 
 def autocast_for(device: torch.device, precision: str | None) -> Any:

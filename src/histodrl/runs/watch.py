@@ -1,7 +1,8 @@
 """Callbacks every training run gets: divergence stops the run, SIGTERM / SIGINT stop it cleanly.
 
 **Non-finite loss or weights** (:class:`FiniteWatch`). After every step the loss (and, when the
-step returns them, its named terms: ``{"loss": ..., "terms": {...}}``) is checked *on the device*:
+step returns them, its named terms: ``{"loss": ..., "terms": {...}}``) is checked *on the device*
+for NaN, inf or a magnitude above :data:`LOSS_LIMIT`:
 a flag tensor and the first bad step accumulate there, with no host synchronisation. The flag is
 read on the host every :data:`READ_EVERY` steps on a GPU (every step on a CPU, where reading is
 free), before every checkpoint, and after the last step; the weights are checked for NaN/inf at
@@ -12,7 +13,7 @@ metrics or report is written from the bad state. Cost on a GPU: one ``isfinite``
 element-wise ops per step (microseconds), one host read per 50 steps.
 
 **Signals** (:class:`StopOnSignal`). SIGTERM (a cluster's pre-emption) and SIGINT (Ctrl-C) set a
-flag; at the end of the current step the run saves ``last.ckpt`` and raises
+flag; at the end of the current step the trainer stops, the run saves ``last.ckpt`` and raises
 :class:`RunInterrupted`, which the command line prints as one line and exits with 143 / 130.
 ``--resume`` then continues exactly: batches and random draws are functions of the step.
 """
@@ -28,6 +29,9 @@ import torch
 from histodrl.errors import UserInputError
 
 READ_EVERY = 50
+LOSS_LIMIT = 1e6
+"""A loss term larger than this in magnitude has diverged: every loss here (cross-entropy, BCE,
+JSD, InfoNCE, MSE on normalised images) is of order 1-10 while training works."""
 
 
 class RunInterrupted(Exception):
@@ -63,7 +67,8 @@ class FiniteWatch(L.Callback):
         self._first: dict[str, torch.Tensor] = {}
 
     def _accumulate(self, name: str, value: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(value.detach()).all()
+        value = value.detach()
+        bad = ~(torch.isfinite(value) & (value.abs() <= LOSS_LIMIT)).all()
         if name not in self._bad:
             self._bad[name] = torch.zeros((), dtype=torch.bool, device=value.device)
             self._first[name] = torch.full((), -1, dtype=torch.long, device=value.device)
@@ -102,7 +107,7 @@ class FiniteWatch(L.Callback):
                 firsts = torch.stack([self._first[n] for n in names]).cpu()
                 bad = [(int(firsts[i]), names[i]) for i in range(len(names)) if flags[i]]
                 step, name = min(bad, key=lambda t: (t[0], t[1] != "loss"))
-                raise diverged(step, name, "nan or inf")
+                raise diverged(step, name, f"nan, inf or above {LOSS_LIMIT:g} in magnitude")
         check_weights(pl_module, int(pl_module.trainer.global_step))
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
@@ -122,13 +127,18 @@ def check_weights(module: torch.nn.Module, step: int) -> None:
 
 
 class StopOnSignal(L.Callback):
-    """Turn SIGTERM / SIGINT into a checkpoint at the end of the step and :class:`RunInterrupted`."""
+    """Turn SIGTERM / SIGINT into a clean stop at the end of the current step.
+
+    The handler only records the signal; at the end of the step the trainer is told to stop, so
+    the step is logged and Lightning finishes as after a last step. The lifecycle then saves
+    ``last.ckpt`` and raises :class:`RunInterrupted` (:meth:`raise_if_stopped`).
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, checkpoint: Any) -> None:
-        self.checkpoint = checkpoint
+    def __init__(self) -> None:
         self.received: int | None = None
+        self.stopped_by: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -152,15 +162,17 @@ class StopOnSignal(L.Callback):
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.received is None:
-            return
-        signum, self.received = self.received, None
-        self._restore()
-        trainer.save_checkpoint(self.checkpoint, weights_only=False)
-        raise RunInterrupted(signum, int(trainer.global_step), saved=True)
+        if self.received is not None and self.stopped_by is None:
+            self.stopped_by = self.received
+            trainer.should_stop = True
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._restore()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._restore()
+
+    def raise_if_stopped(self, step: int) -> None:
+        """After the checkpoint is saved: :class:`RunInterrupted` if a signal stopped the run."""
+        if self.stopped_by is not None:
+            raise RunInterrupted(self.stopped_by, step, saved=True)
