@@ -105,3 +105,13 @@ def test_the_selected_model_survives_a_checkpoint_round_trip():
     assert loaded.val_history == [(5, 0.75), (10, 0.5)]
     assert loaded.best_state.keys() == saved.best_state.keys()
     assert all(torch.equal(loaded.best_state[k], v) for k, v in saved.best_state.items())
+
+
+def test_the_head_has_one_output_per_class_and_two_classes_are_the_default():
+    three = build_classifier("vgg19_bn", 0.125, 0.5, seed=3, num_classes=3)
+    assert three.fc.weight.shape[0] == 3
+    two = build_classifier("vgg19_bn", 0.125, 0.5, seed=3).state_dict()
+    explicit = build_classifier("vgg19_bn", 0.125, 0.5, seed=3, num_classes=2).state_dict()
+    assert all(torch.equal(two[k], explicit[k]) for k in two)
+    module = ClassifierModule(_options(), total_steps=10, val_every=5, num_classes=4)
+    assert module.model(eval_input(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))).shape == (2, 4)

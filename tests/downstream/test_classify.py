@@ -54,3 +54,28 @@ def test_bad_options_name_the_value(key, value, flag):
     with pytest.raises(UserInputError) as info:
         ClassifyOptions(data="pcam:unused", out="unused", **{key: value})
     assert flag in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_crop_defaults_to_the_data_and_pcam_keeps_its_96_px():
+    from histodrl.downstream.classify import ClassifyTask
+
+    pcam = ClassifyOptions(data="pcam:unused", out="unused")
+    assert pcam.crop is None and pcam.tile_size == 96
+    assert ClassifyTask().resolve(pcam).crop == 96
+    folder = ClassifyOptions(data="folder:unused", out="unused")
+    assert ClassifyTask().resolve(folder).crop == 224
+    assert ClassifyOptions(data="folder:unused", out="unused", crop=64).tile_size == 64
+    assert ClassifyOptions(data="pcam:unused", out="unused", crop=96).tile_size == 96
+    with pytest.raises(UserInputError, match="--crop 64: pcam"):
+        ClassifyOptions(data="pcam:unused", out="unused", crop=64)
+    with pytest.raises(UserInputError, match="expected a sum below 1"):
+        ClassifyOptions(data="folder:unused", out="unused", val_fraction=0.3, test_fraction=0.7)
+
+
+def test_the_split_defaults_are_those_of_the_data_layer():
+    from histodrl.commands import classify as options
+    from histodrl.data import labelled
+
+    assert options.DEFAULT_VAL_FRACTION == labelled.DEFAULT_CLASSIFY_VAL_FRACTION
+    assert options.DEFAULT_TEST_FRACTION == labelled.DEFAULT_CLASSIFY_TEST_FRACTION
+    assert options.DEFAULT_CROPS["pcam"] == labelled.DEFAULT_CROP

@@ -1,4 +1,4 @@
-"""The PCam evaluation toolkit shared by ``histodrl classify`` and ``histodrl probe``: subsets,
+"""The evaluation toolkit shared by ``histodrl classify`` and ``histodrl probe``: subsets,
 batched predictions, scores."""
 
 import numpy as np
@@ -10,13 +10,17 @@ from histodrl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from histodrl.downstream.classifier import build_classifier
 from histodrl.downstream.evaluation import (
     SUBSET_FILE,
+    class_counts,
     classification_scores,
     eval_input,
     eval_loader,
     labelled_subset,
     markdown_table,
+    predict_class_probabilities,
     predict_probabilities,
+    predicted_classes,
     read_subset,
+    roc_auc_ovr,
     write_subset,
 )
 from histodrl.errors import UserInputError
@@ -103,3 +107,54 @@ def test_markdown_table_writes_floats_with_four_decimals_and_none_as_na():
         "| x | 0.5000 | n/a |",
         "| 3 | 0.3333 | y |",
     ]
+
+
+def _three_class_probabilities(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    logits = rng.normal(size=(n, 3)) + 1.5 * np.eye(3)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return labels, probs
+
+
+def test_multi_class_scores_agree_with_scikit_learn():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
+
+    labels, probs = _three_class_probabilities(300, seed=0)
+    probs[:5] = probs[5]  # tied scores count 1/2 in the AUC
+    scores = classification_scores(labels, probs)
+    predicted = probs.argmax(axis=1)
+    assert scores["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
+    assert scores["auc"] == pytest.approx(
+        roc_auc_score(labels, probs, multi_class="ovr", average="macro")
+    )
+    assert roc_auc_ovr(labels, probs) == scores["auc"]
+    assert scores["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, predicted))
+    np.testing.assert_allclose(
+        scores["per_class_accuracy"], recall_score(labels, predicted, average=None)
+    )
+
+
+def test_two_columns_score_as_the_class_1_probability_and_missing_classes_have_no_auc():
+    labels, probs = _three_class_probabilities(100, seed=1)
+    two = np.stack([1 - probs[:, 1], probs[:, 1]], axis=1)
+    binary = (labels == 1).astype(np.int64)
+    assert classification_scores(binary, two) == classification_scores(binary, two[:, 1])
+    # Class 2 absent from the labels: its AUC and accuracy are undefined.
+    only = labels[labels < 2]
+    scores = classification_scores(only, probs[labels < 2])
+    assert scores["auc"] is None and scores["per_class_accuracy"][2] is None
+    assert scores["balanced_accuracy"] == pytest.approx(np.mean(scores["per_class_accuracy"][:2]))
+    with pytest.raises(ValueError, match="class 2 has no examples"):
+        roc_auc_ovr(only, probs[labels < 2])
+
+
+def test_class_probabilities_have_a_column_per_class_and_sum_to_one():
+    data = TinyPatches(6)
+    model = build_classifier("vgg19_bn", 0.125, 0.5, seed=0, num_classes=3)
+    loader = eval_loader(data, range(6), batch_size=4)
+    labels, probs = predict_class_probabilities(model, loader, torch.device("cpu"), "32-true")
+    assert probs.shape == (6, 3) and labels.tolist() == data.y.tolist()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    assert predicted_classes(probs).tolist() == probs.argmax(axis=1).tolist()
+    assert class_counts(np.array([2, 0, 2]), ["a", "b", "c"]) == {"a": 1, "b": 0, "c": 2}

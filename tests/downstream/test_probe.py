@@ -162,3 +162,29 @@ def test_bad_probe_arguments_name_the_value(kwargs, match):
     x, y = _blobs(10, 3, gap=1.0, seed=0)
     with pytest.raises(ValueError, match=match):
         train_linear_probe(x, y, x, y, **kwargs)
+
+
+def test_a_probe_has_one_output_per_class():
+    gen = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (300,), generator=gen)
+    x = torch.randn(300, 6, generator=gen)
+    x[:, :3] += 6.0 * torch.nn.functional.one_hot(y, 3)
+    probe = train_linear_probe(
+        x[:200], y[:200], x[200:], y[200:], epochs=5, lr=0.05, batch_size=32,
+        generator=torch.Generator().manual_seed(0), num_classes=3,
+    )  # fmt: skip
+    assert probe.weight.shape == (3, 6) and probe.bias.shape == (3,)
+    assert probe.val_accuracy > 0.95
+    probs = probe.class_probabilities(x[200:])
+    assert probs.shape == (100, 3)
+    torch.testing.assert_close(probe.probabilities(x[200:]), probs[:, 1])
+    with pytest.raises(ValueError, match="num_classes=2"):
+        train_linear_probe(x, y, x, y)  # labels up to 2 need three outputs
+    with pytest.raises(ValueError, match="num_classes=1"):
+        train_linear_probe(x, y, x, y, num_classes=1)
+
+
+def test_a_probe_run_records_the_crop_of_its_data():
+    assert ProbeTask().resolve(ProbeOptions(data="pcam:unused", out="o")).crop == 96
+    assert ProbeTask().resolve(ProbeOptions(data="folder:unused", out="o")).crop == 224
+    assert ProbeTask().resolve(ProbeOptions(data="folder:unused", out="o", crop=64)).crop == 64

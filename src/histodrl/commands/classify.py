@@ -12,11 +12,30 @@ from histodrl.commands.common import (
     EncoderOptions,
     RunOptions,
     label_fraction_option,
+    source_kind,
 )
-from histodrl.commands.options import at_least, greater, option, options_class, within
+from histodrl.commands.options import (
+    at_least,
+    greater,
+    option,
+    options_class,
+    with_values,
+    within,
+)
 from histodrl.errors import UserInputError
 
-_DATA_HELP = "pcam:DIR (the PCam HDF5 files) or folder:DIR with one subfolder per class"
+_DATA_HELP = (
+    "pcam:DIR (the PCam HDF5 files) or folder:DIR with one subfolder per class (or train/, val/, "
+    "test/ folders each holding the class folders)"
+)
+#: ``--crop`` when not given, by source kind: PCam's patches are 96 px; class-folder data sets
+#: (LC25000, NCT-CRC-HE) are mostly 224 px tiles, kept at their own scale.
+DEFAULT_CROPS = {"pcam": 96, "folder": 224}
+FALLBACK_CROP = 224
+#: Split fractions of a folder without split folders (those of
+#: :func:`histodrl.data.labelled.classification_source`; this module does not import torch).
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.2
 _CLS = "classification"
 PROBE_BLOCKS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 DEFAULT_BLOCKS = "conv2,conv3,conv4"
@@ -30,6 +49,59 @@ class LabelledOptions(EncoderOptions):
     cache_ram: bool = option(
         False, help="read the PCam splits into memory", runtime=True, group="labels"
     )
+    crop: int | None = option(
+        None,
+        help="side of the square tile the network sees: tiles of any size are resized (shorter "
+        "side to PX) and centre-cropped to PX x PX (default: 96 for pcam, whose patches "
+        "are 96 px; 224 for folder)",
+        check=at_least(32),
+        metavar="PX",
+        group="labels",
+    )
+    split_seed: int = option(
+        0,
+        help="folder: seed of the class-stratified train/val/test split of a DIR without train/ "
+        "val/ test/ folders; keep it fixed across runs on one data set (it is not --seed)",
+        check=at_least(0),
+        group="labels",
+    )
+    val_fraction: float = option(
+        DEFAULT_VAL_FRACTION,
+        help="folder: share of each class held out for validation (model selection) when DIR "
+        "has no val/ folder",
+        check=within(0, 1, high_open=True),
+        group="labels",
+    )
+    test_fraction: float = option(
+        DEFAULT_TEST_FRACTION,
+        help="folder: share of each class held out for the test when DIR has no test/ folder",
+        check=within(0, 1, high_open=True),
+        group="labels",
+    )
+
+    def check_options(self) -> None:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise UserInputError(
+                f"--val-fraction {self.val_fraction:g} and --test-fraction "
+                f"{self.test_fraction:g}: expected a sum below 1 (some images must stay for "
+                "training)"
+            )
+        if source_kind(self.data) == "pcam" and self.crop not in (None, DEFAULT_CROPS["pcam"]):
+            raise UserInputError(
+                f"--crop {self.crop}: pcam: patches are 96x96 and their label is defined by the "
+                "centre 32x32 (--crop resizes folder: tiles; leave it out for pcam)"
+            )
+
+    @property
+    def tile_size(self) -> int:
+        """``--crop``, or its default for the kind of ``--data`` (:data:`DEFAULT_CROPS`)."""
+        if self.crop is not None:
+            return int(self.crop)
+        return DEFAULT_CROPS.get(source_kind(self.data), FALLBACK_CROP)
+
+    def resolved(self) -> LabelledOptions:
+        """The options with ``--crop`` filled in for the data (a new run records it)."""
+        return self if self.crop is not None else with_values(self, crop=self.tile_size)
 
 
 @options_class
@@ -113,6 +185,7 @@ class ProbeOptions(LabelledOptions):
     )
 
     def check_options(self) -> None:
+        super().check_options()
         parse_blocks(self.blocks)
 
     @property

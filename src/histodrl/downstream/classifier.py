@@ -2,7 +2,7 @@
 seeded dropout and augmentation, periodic validation and model selection.
 
 The network is :class:`histodrl.nn.PatchClassifier`: the VGG-19(-BN) trunk, global average pooling
-of pool5, dropout, Linear(-> 2). Every random number of a training step is a function of
+of pool5, dropout, Linear(-> number of classes). Every random number of a training step is a function of
 ``(seed, step, process)`` (:func:`histodrl.runs.sampling.step_generator`), so ``--resume`` is
 exact. The selected model (best validation accuracy, ties to the earlier step) is kept in memory
 and in the checkpoints, so a resumed run keeps it.
@@ -21,12 +21,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from histodrl.commands.classify import ClassifyOptions
 from histodrl.commands.options import to_config
-from histodrl.downstream.evaluation import eval_loader, predict_probabilities
+from histodrl.downstream.evaluation import (
+    eval_loader,
+    predict_class_probabilities,
+    predicted_classes,
+)
 from histodrl.runs.lifecycle import LoaderFromTask
 from histodrl.runs.sampling import derive_seed, step_generator
 
 # Random resized crop: area and aspect ranges that keep the label-defining centre 32x32 inside
 # every crop (min side = sqrt(0.6 * 3/4) * 96 = 64.4 px >= 64, see histodrl.downstream.classify).
+# Class folders keep them: a folder's label is the whole tile's, and a crop of at least 60 % of
+# the area (any tile size) keeps most of it while the augmentation stays that of PCam.
 CROP_SCALE = (0.6, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 # Colour jitter strengths (the paper says "color jittering" only); mild, as H&E stain variation.
@@ -35,8 +41,11 @@ JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.04}
 SELECTION_KEY = "histodrl_selection"
 
 
-def build_classifier(arch: str, width: float, dropout: float, seed: int) -> nn.Module:
-    """A :class:`histodrl.nn.PatchClassifier` on a fresh trunk, initialised from ``seed``.
+def build_classifier(
+    arch: str, width: float, dropout: float, seed: int, num_classes: int = 2
+) -> nn.Module:
+    """A :class:`histodrl.nn.PatchClassifier` with ``num_classes`` outputs on a fresh trunk,
+    initialised from ``seed``.
 
     The trunk (``classifier.encoder``) is drawn from ``derive_seed(seed, "encoder-init")``, the
     Linear layer from ``derive_seed(seed, "head-init")``; load ``--init`` weights into the trunk
@@ -51,7 +60,7 @@ def build_classifier(arch: str, width: float, dropout: float, seed: int) -> nn.M
         arch, width, generator=torch.Generator().manual_seed(derive_seed(seed, "encoder-init"))
     )
     gen = torch.Generator().manual_seed(derive_seed(seed, "head-init"))
-    return PatchClassifier(encoder, num_classes=2, dropout=dropout, generator=gen)
+    return PatchClassifier(encoder, num_classes=num_classes, dropout=dropout, generator=gen)
 
 
 def dropout_with_generator(
@@ -77,6 +86,7 @@ class ClassifierModule(LoaderFromTask, L.LightningModule):
         options: the resolved options of ``histodrl classify`` (saved in checkpoints).
         total_steps: optimizer steps of the run.
         val_every: steps between validations (there is always one after the last step).
+        num_classes: outputs of the Linear layer (the classes of the data).
 
     Attributes:
         val_dataset: the validation split (set by the task before training).
@@ -87,14 +97,19 @@ class ClassifierModule(LoaderFromTask, L.LightningModule):
         val_history: ``[(step, accuracy), ...]`` of every validation.
     """
 
-    def __init__(self, options: ClassifyOptions, total_steps: int, val_every: int) -> None:
+    def __init__(
+        self, options: ClassifyOptions, total_steps: int, val_every: int, num_classes: int = 2
+    ) -> None:
         super().__init__()
         self.options = options
         self.save_hyperparameters(to_config(options))
         self.seed = options.seed
         self.total_steps = int(total_steps)
         self.val_every = int(val_every)
-        self.model = build_classifier(options.arch, options.width, options.dropout, self.seed)
+        self.num_classes = int(num_classes)
+        self.model = build_classifier(
+            options.arch, options.width, options.dropout, self.seed, self.num_classes
+        )
         self.model.to(memory_format=torch.channels_last)
         self.best_accuracy = -1.0
         self.best_step = -1
@@ -187,11 +202,12 @@ class ClassifierModule(LoaderFromTask, L.LightningModule):
             shard = np.arange(len(self.val_dataset))[rank::world]
             workers = int(self.options.num_workers or 0)
             self._val_loader = eval_loader(self.val_dataset, shard, self.val_batch_size, workers)
-        labels, probs = predict_probabilities(
+        labels, probs = predict_class_probabilities(
             self.model, self._val_loader, self.device, str(self.trainer.precision)
         )
+        correct = (predicted_classes(probs) == labels).sum() if len(labels) else 0
         counts = torch.tensor(
-            [float(((probs > 0.5) == labels).sum()), float(len(labels))],
+            [float(correct), float(len(labels))],
             dtype=torch.float64,
             device=self.device,
         )

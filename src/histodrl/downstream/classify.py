@@ -1,7 +1,13 @@
-"""``histodrl classify``: PCam patch classification with few labels (the paper's Table III).
+"""``histodrl classify``: patch classification with few labels (the paper's Table III on PCam).
+
+The data is ``pcam:DIR`` (the official splits, 96x96 patches, two classes) or ``folder:DIR`` with
+one subfolder per class (:func:`histodrl.data.labelled.classification_source`: ``train/ val/
+test/`` folders when present, else a class-stratified split seeded by ``--split-seed`` with
+``--val-fraction`` and ``--test-fraction``; tiles of any size resized and centre-cropped to
+``--crop``, default 224). A folder run writes its splits to ``RUN/splits.json``.
 
 The network is :class:`histodrl.nn.PatchClassifier`: the VGG-19(-BN) trunk on 96x96 patches, global
-average pooling of pool5 (3x3), dropout 0.5, Linear(512 -> 2). The trunk starts from ``--init``
+average pooling of pool5 (3x3), dropout 0.5, Linear(512 -> 2) (a folder: one output per class). The trunk starts from ``--init``
 (random, a pretraining run, an encoder file or torchvision's ImageNet file, through
 :func:`histodrl.downstream.init.load_init`) and the whole network is fine-tuned with Adam, lr 0.001,
 batch 128 (paper IV-B), on a seeded ``--label-fraction`` of the labelled training split. Training
@@ -18,13 +24,16 @@ Choices the paper leaves open (also in the README):
   used whole in every step (in a new random order and with new augmentations each time), never
   sampled with replacement.
 * **Random resized crop** keeps 60-100 % of the area with aspect ratio 3/4-4/3, so every crop
-  contains the centre 32x32 square that defines the PCam label (a side of at least 64 px).
+  contains the centre 32x32 square that defines the PCam label (a side of at least 64 px). Class
+  folders use the same constants: their label is the whole tile's, which such a crop keeps.
 * **Validation** on the whole validation split every ``--val-every`` steps (default: 20 times per
   run) and after the last step. The **selected model** is the one with the best validation
   accuracy; ties go to the earlier step. It is kept (in memory and in the checkpoints, so resuming
   keeps it) and written to ``RUN/classifier.safetensors``.
 * **Test**: the selected model's accuracy and ROC AUC (softmax probability of class 1) on the test
-  split, in ``RUN/metrics.json`` and ``RUN/report.md``.
+  split, in ``RUN/metrics.json`` and ``RUN/report.md``. With more than two classes the AUC is the
+  one-vs-rest AUC of each class's probability, macro-averaged; folder runs also report the
+  accuracy of each class and their mean (balanced accuracy), with the class names.
 
 Layout: the evaluation toolkit shared with ``histodrl probe`` (splits, subsets, batched
 predictions, reports) is :mod:`histodrl.downstream.evaluation`; the network and its
@@ -49,16 +58,22 @@ from histodrl.downstream.classifier import (
     ClassifierModule,
     ValidationCallback,
 )
-from histodrl.downstream.evaluation import (
+from histodrl.downstream.evaluation import (  # noqa: F401  (pcam_splits: experiments)
+    SPLITS_FILE,
     SUBSET_FILE,
+    check_splits,
+    class_counts,
     classification_scores,
     eval_loader,
+    labelled_source,
     labelled_subset,
     markdown_table,
     pcam_splits,
-    predict_probabilities,
+    predict_class_probabilities,
     read_subset,
+    source_description,
     write_json,
+    write_splits,
     write_subset,
 )
 from histodrl.errors import UserInputError
@@ -151,27 +166,34 @@ class Trained:
 
 
 class ClassifyTask(LightningTask[ClassifyOptions]):
-    """``histodrl classify`` in the run lifecycle: PCam splits and the labelled subset, the
+    """``histodrl classify`` in the run lifecycle: the labelled splits and subset, the
     classifier, validation and model selection, then the test and the report."""
 
     options_class = ClassifyOptions
 
     def __init__(self) -> None:
-        self.splits: dict[str, Any] = {}
+        self.source: Any = None
         self.subset: np.ndarray = np.empty(0, dtype=np.int64)
 
+    def resolve(self, options: ClassifyOptions) -> ClassifyOptions:
+        """``--crop`` filled in for the data (96 for pcam, 224 for a folder)."""
+        return options.resolved()  # type: ignore[return-value]
+
     def prepare(self, options: ClassifyOptions, resume: bool) -> None:
-        self.splits = pcam_splits(options.data, cache_ram=options.cache_ram)
-        labels = self.splits["train"].labels
+        self.source = labelled_source(options, "classify")
+        labels = self.source.train.labels
         self.subset = labelled_subset(labels, options.label_fraction, options.seed)
 
     def description(self, options: ClassifyOptions) -> str:
-        return str(self.splits["train"].description)
+        return source_description(self.source)
 
     def write_inputs(self, run: Path, options: ClassifyOptions) -> None:
         write_subset(run, self.subset)
+        if self.source.kind != "pcam":
+            write_splits(run, self.source)
 
     def check_resumed(self, run: Path, options: ClassifyOptions) -> None:
+        check_splits(run, self.source)
         saved = read_subset(run / SUBSET_FILE)
         if not np.array_equal(saved, self.subset):
             raise UserInputError(
@@ -198,8 +220,13 @@ class ClassifyTask(LightningTask[ClassifyOptions]):
 
     def module(self, options: ClassifyOptions, total_steps: int) -> ClassifierModule:
         val_every = validation_interval(options.val_every, total_steps)
-        module = ClassifierModule(options, total_steps=total_steps, val_every=val_every)
-        module.val_dataset = self.splits["valid"]
+        module = ClassifierModule(
+            options,
+            total_steps=total_steps,
+            val_every=val_every,
+            num_classes=len(self.source.classes),
+        )
+        module.val_dataset = self.source.val
         return module
 
     def init_weights(self, module: ClassifierModule, options: ClassifyOptions) -> None:
@@ -214,7 +241,7 @@ class ClassifyTask(LightningTask[ClassifyOptions]):
         module.val_batch_size = max(batch_size, 256)
         return step_loader(
             module.trainer,
-            Subset(self.splits["train"], self.subset.tolist()),
+            Subset(self.source.train, self.subset.tolist()),
             batch_size=batch_size,
             total_steps=total_steps,
             seed=options.seed,
@@ -238,7 +265,7 @@ class ClassifyTask(LightningTask[ClassifyOptions]):
 
     def finish(self, run: Path, options: ClassifyOptions, result: Trained) -> int:
         metrics = finish_classify(
-            run, options, result, self.splits, self.subset, self.description(options)
+            run, options, result, self.source, self.subset, self.description(options)
         )
         print(
             f"histodrl: selected step {metrics['selected_step']} (val accuracy "
@@ -251,17 +278,19 @@ class ClassifyTask(LightningTask[ClassifyOptions]):
 def run_classify(options: ClassifyOptions, launch: Launch = Launch()) -> int:
     """``histodrl classify``: fine-tune, select on validation, test; write the run folder.
 
-    Writes ``RUN/config.yaml``, ``RUN/subset_indices.txt``, ``RUN/checkpoints/last.ckpt``,
-    ``RUN/metrics.csv``, ``RUN/classifier.safetensors``, ``RUN/metrics.json`` and
-    ``RUN/report.md`` (see :mod:`histodrl.runs.lifecycle` for ``--resume`` and ``--overwrite``).
+    Writes ``RUN/config.yaml``, ``RUN/subset_indices.txt`` (a folder: and ``RUN/splits.json``),
+    ``RUN/checkpoints/last.ckpt``, ``RUN/metrics.csv``, ``RUN/classifier.safetensors``,
+    ``RUN/metrics.json`` and ``RUN/report.md`` (see :mod:`histodrl.runs.lifecycle` for
+    ``--resume`` and ``--overwrite``).
 
     Returns:
         The exit status (0).
 
     Raises:
-        UserInputError: bad data (:func:`~histodrl.downstream.evaluation.pcam_splits`), a subset
-            too small for the processes, an existing run folder without ``--overwrite`` /
-            ``--resume``, or a resumed run whose subset file no longer matches its data.
+        UserInputError: bad data (:func:`~histodrl.downstream.evaluation.labelled_source`), a
+            subset too small for the processes, an existing run folder without ``--overwrite`` /
+            ``--resume``, or a resumed run whose subset or splits file no longer matches its
+            data.
     """
     return int(run_task(ClassifyTask(), options, launch) or 0)
 
@@ -275,11 +304,14 @@ def finish_classify(
     run: Path,
     options: ClassifyOptions,
     trained: Trained,
-    splits: dict[str, Any],
+    source: Any,
     subset: np.ndarray,
     description: str,
 ) -> dict[str, Any]:
     """Test the selected model; write ``classifier.safetensors``, ``metrics.json``, ``report.md``.
+
+    Args:
+        source: the :class:`~histodrl.data.labelled.ClassificationSource` trained on.
 
     Returns:
         The metrics written to ``RUN/metrics.json``.
@@ -295,9 +327,9 @@ def finish_classify(
     model.load_state_dict(module.best_state)
     model.to(trained.device)
     workers = int(options.num_workers or 0)
-    test = splits["test"]
+    test = source.test
     loader = eval_loader(test, np.arange(len(test)), max(trained.batch_size, 256), workers)
-    labels, probs = predict_probabilities(model, loader, trained.device, trained.precision)
+    labels, probs = predict_class_probabilities(model, loader, trained.device, trained.precision)
     scores = classification_scores(labels, probs)
 
     state = {k: v.contiguous() for k, v in module.best_state.items()}
@@ -308,11 +340,17 @@ def finish_classify(
         "init": options.init,
         "selected_step": str(module.best_step),
     }
+    if source.kind != "pcam":
+        meta["classes"] = ",".join(source.classes)
+        meta["crop"] = str(options.tile_size)
     with atomic_path(run / CLASSIFIER_FILE) as tmp:
         save_file(state, str(tmp), metadata=meta)
 
-    train_labels = splits["train"].labels[subset]
-    per_class = {str(c): int((train_labels == c).sum()) for c in np.unique(train_labels)}
+    train_labels = source.train.labels[subset]
+    if source.kind == "pcam":  # as before folders: keyed by label
+        per_class = {str(c): int((train_labels == c).sum()) for c in np.unique(train_labels)}
+    else:
+        per_class = class_counts(train_labels, source.classes)
     metrics: dict[str, Any] = {
         "task": "classify",
         "data": description,
@@ -329,50 +367,124 @@ def finish_classify(
         "val_accuracy": float(module.best_accuracy),
         "test_accuracy": float(scores["accuracy"]),
         "test_auc": scores["auc"],
-        "n_valid": len(splits["valid"]),
+        "n_valid": len(source.val),
         "n_test": len(test),
         "val_history": [{"step": s, "accuracy": a} for s, a in module.val_history],
     }
+    if source.kind != "pcam":
+        metrics.update(folder_metrics(source, scores, options))
     write_json(run / METRICS_FILE, metrics)
     atomic_write_text(run / REPORT_FILE, classify_report(metrics, options))
     return metrics
 
 
+def folder_metrics(source: Any, scores: dict[str, Any], options: Any) -> dict[str, Any]:
+    """What a ``folder:`` run adds to ``metrics.json``: the classes, their counts per split, the
+    split and the test accuracy of each class (PCam runs keep their keys)."""
+    classes = list(source.classes)
+    return {
+        "classes": classes,
+        "n_classes": len(classes),
+        "crop": int(options.tile_size),
+        "split_seed": int(source.seed),
+        "splits_file": SPLITS_FILE,
+        "n_train": len(source.train),
+        "train_per_class": class_counts(source.train.labels, classes),
+        "valid_per_class": class_counts(source.val.labels, classes),
+        "test_per_class": class_counts(source.test.labels, classes),
+        "test_auc_kind": "class-1 probability" if len(classes) == 2 else "one-vs-rest macro",
+        "test_balanced_accuracy": scores["balanced_accuracy"],
+        "test_per_class_accuracy": dict(zip(classes, scores["per_class_accuracy"])),
+    }
+
+
 def classify_report(metrics: dict[str, Any], options: ClassifyOptions) -> str:
     """``RUN/report.md``: the result table and how it was obtained."""
-    table = markdown_table(
-        ["init", "label fraction", "n labelled", "val acc", "test acc", "test AUC"],
-        [
-            [
-                metrics["init_description"],
-                f"{metrics['label_fraction']:g}",
-                metrics["n_labelled"],
-                metrics["val_accuracy"],
-                metrics["test_accuracy"],
-                metrics["test_auc"],
-            ]
-        ],
-    )
-    per_class = ", ".join(f"class {c}: {n}" for c, n in metrics["labelled_per_class"].items())
+    folder = "classes" in metrics
+    header = ["init", "label fraction", "n labelled", "val acc", "test acc", "test AUC"]
+    row = [
+        metrics["init_description"],
+        f"{metrics['label_fraction']:g}",
+        metrics["n_labelled"],
+        metrics["val_accuracy"],
+        metrics["test_accuracy"],
+        metrics["test_auc"],
+    ]
+    if folder:
+        header.append("test balanced acc")
+        row.append(metrics["test_balanced_accuracy"])
+    table = markdown_table(header, [row])
+    crop = options.tile_size
+    n_out = metrics.get("n_classes", 2)
+    if folder:
+        per_class = ", ".join(f"{c}: {n}" for c, n in metrics["labelled_per_class"].items())
+        title = f"# Patch classification ({n_out} classes: {', '.join(metrics['classes'])})"
+        data = (
+            f"- Data: {metrics['data']}; split seed {metrics['split_seed']}, the images of each "
+            f"split in `{SPLITS_FILE}`."
+        )
+        what = "tiles"
+        if n_out == 2:
+            test_line = (
+                "- Test: accuracy at the argmax of the two logits; ROC AUC of the "
+                f"{metrics['classes'][1]} (class-1) probability; balanced accuracy: the mean "
+                "of the per-class accuracies."
+            )
+        else:
+            test_line = (
+                f"- Test: accuracy at the argmax of the {n_out} logits; ROC AUC one-vs-rest of "
+                "each class's probability, macro-averaged; balanced accuracy: the mean of the "
+                "per-class accuracies."
+            )
+    else:
+        per_class = ", ".join(f"class {c}: {n}" for c, n in metrics["labelled_per_class"].items())
+        title = "# PCam patch classification"
+        data = (
+            f"- Data: {metrics['data']}; {metrics['n_valid']} validation and {metrics['n_test']} "
+            "test patches."
+        )
+        what = "patches"
+        test_line = (
+            "- Test: accuracy at the argmax of the two logits; ROC AUC of the class-1 probability."
+        )
     lines = [
-        "# PCam patch classification",
+        title,
         "",
         table,
         "",
-        f"- Data: {metrics['data']}; {metrics['n_valid']} validation and {metrics['n_test']} "
-        "test patches.",
-        f"- Labelled subset: {metrics['n_labelled']} training patches ({per_class}), seed "
+        data,
+        f"- Labelled subset: {metrics['n_labelled']} training {what} ({per_class}), seed "
         f"{metrics['seed']}, indices in `{SUBSET_FILE}`.",
-        f"- Network: `{options.arch}` trunk (width {options.width:g}) on 96x96 "
-        f"patches -> global average pooling -> dropout {options.dropout:g} -> "
-        "Linear(-> 2); whole network fine-tuned.",
+        f"- Network: `{options.arch}` trunk (width {options.width:g}) on {crop}x{crop} "
+        f"{what} -> global average pooling -> dropout {options.dropout:g} -> "
+        f"Linear(-> {n_out}); whole network fine-tuned.",
         f"- Training: Adam lr {options.lr:g}, batch {metrics['batch_size']}, "
-        f"{metrics['total_steps']} steps; random resized crop 96 (area {CROP_SCALE[0]:g}-"
+        f"{metrics['total_steps']} steps; random resized crop {crop} (area {CROP_SCALE[0]:g}-"
         f"{CROP_SCALE[1]:g}), flips and 90° rotations, colour jitter.",
         f"- Model selection: validation accuracy every {metrics['val_every']} steps and after the "
         f"last; selected step {metrics['selected_step']} (best, ties to the earlier). Weights in "
         f"`{CLASSIFIER_FILE}`.",
-        "- Test: accuracy at the argmax of the two logits; ROC AUC of the class-1 probability.",
+        test_line,
         "",
     ]
+    if folder:
+        lines += [
+            "## Per class",
+            "",
+            markdown_table(
+                ["label", "class", "labelled", "validation", "test", "test acc"],
+                [
+                    [
+                        k,
+                        name,
+                        metrics["labelled_per_class"][name],
+                        metrics["valid_per_class"][name],
+                        metrics["test_per_class"][name],
+                        metrics["test_per_class_accuracy"][name],
+                    ]
+                    for k, name in enumerate(metrics["classes"])
+                ],
+            ),
+            "",
+        ]
     return "\n".join(lines)

@@ -1,5 +1,12 @@
-"""Evaluating two-class patch classifiers on PCam: the splits, the labelled subset, batched
-predictions, scores and the report helpers shared by ``histodrl classify`` and ``histodrl probe``.
+"""Evaluating patch classifiers: the labelled splits (``pcam:`` or ``folder:``), the labelled
+subset, batched predictions, scores and the report helpers shared by ``histodrl classify`` and
+``histodrl probe``.
+
+Scores (:func:`classification_scores`): accuracy at the argmax of the logits; per-class accuracy
+(the recall of each class) and balanced accuracy (their mean over the classes present); ROC AUC of
+the class-1 probability for two classes, and for more the one-vs-rest AUC of each class's
+probability, macro-averaged (as ``sklearn.metrics.roc_auc_score(..., multi_class="ovr",
+average="macro")``).
 """
 
 from __future__ import annotations
@@ -15,12 +22,86 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from histodrl.commands.classify import LabelledOptions
 from histodrl.errors import UserInputError
 from histodrl.io import atomic_write_text
 from histodrl.runs.trainer import autocast_for
 
 #: The labelled training subset of a run, one training-split index per line.
 SUBSET_FILE = "subset_indices.txt"
+#: The images of each split of a ``folder:`` source, ``{"train": [relative paths], ...}``.
+SPLITS_FILE = "splits.json"
+
+
+def labelled_source(options: LabelledOptions, command: str) -> Any:
+    """The :class:`~histodrl.data.labelled.ClassificationSource` of ``--data`` for a command.
+
+    ``folder:`` sources are split with ``--split-seed``, ``--val-fraction`` and
+    ``--test-fraction`` and their tiles brought to ``--crop`` (:attr:`LabelledOptions.tile_size`);
+    PCam keeps its official splits.
+
+    Raises:
+        UserInputError: a bad source (:func:`~histodrl.data.labelled.classification_source`:
+            no class folders, an empty class folder, a single class, unreadable images ...), or
+            no validation split (``command`` selects on it).
+    """
+    from histodrl.data.labelled import classification_source
+
+    source = classification_source(
+        options.data,
+        options.split_seed,
+        options.val_fraction,
+        options.test_fraction,
+        crop=options.tile_size,
+        cache_ram=options.cache_ram,
+    )
+    if source.val is None or len(source.val) == 0:
+        raise UserInputError(
+            f"{options.data}: no validation split ({command} selects on it): set --val-fraction "
+            "above 0 or add a val/ folder"
+        )
+    return source
+
+
+def source_description(source: Any) -> str:
+    """One line about the data: PCam's training split (as before), a folder's whole source."""
+    return str(source.train.description if source.kind == "pcam" else source.description)
+
+
+def class_counts(labels: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """``{class name: examples}`` in label order, classes without examples included."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    return {str(name): int(counts[k]) for k, name in enumerate(classes)}
+
+
+def write_splits(run: Path, source: Any) -> Path:
+    """Write ``RUN/splits.json``: the images of each split (:meth:`ClassificationSource.split_lists`)."""
+    path = Path(run) / SPLITS_FILE
+    lists = source.split_lists()
+    data = {"classes": list(source.classes), "split_seed": int(source.seed), **lists}
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def check_splits(run: Path, source: Any) -> None:
+    """Refuse to resume a run whose ``splits.json`` differs from the splits of its data now.
+
+    Raises:
+        UserInputError: the classes or an image list differ (a missing file passes: older runs).
+    """
+    path = Path(run) / SPLITS_FILE
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{path}: not valid JSON ({exc})") from exc
+    now = {"classes": list(source.classes), **source.split_lists()}
+    for key, value in now.items():
+        if saved.get(key) != value:
+            raise UserInputError(
+                f"{path}: {key} differs from the data now (have images been added or removed?)"
+            )
 
 
 def pcam_splits(data: str, cache_ram: bool = False) -> dict[str, Any]:
@@ -148,24 +229,24 @@ def iterate_eval_batches(
 
 
 @torch.no_grad()
-def predict_probabilities(
+def predict_class_probabilities(
     model: nn.Module,
     loader: DataLoader,
     device: torch.device,
     precision: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class-1 probabilities of a two-class ``model`` in eval mode, and the true labels.
+    """Softmax probabilities of every class from ``model`` in eval mode, and the true labels.
 
     The model's train/eval mode is restored afterwards; BatchNorm statistics do not change.
 
     Args:
-        model: maps the :func:`eval_input` batch (N, 3, H, W) to logits (N, 2).
+        model: maps the :func:`eval_input` batch (N, 3, H, W) to logits (N, K).
         loader: batches of ``(uint8 patches, labels)`` (:func:`eval_loader`).
         device: where to run the model (it must already be there).
         precision: Lightning precision name (autocast for ``bf16-mixed``); ``None``: bf16 on CUDA.
 
     Returns:
-        ``(labels, probabilities)``: int64 (N,) and float64 (N,) softmax probabilities of class 1.
+        ``(labels, probabilities)``: int64 (N,) and float64 (N, K) (softmax in float32).
     """
     was_training = model.training
     model.eval()
@@ -175,30 +256,111 @@ def predict_probabilities(
         for x, y in iterate_eval_batches(loader, device):
             with autocast_for(device, precision):
                 logits = model(x)
-            probs.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
             labels.append(y.cpu())
     finally:
         model.train(was_training)
     if not labels:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float64)
     return (
         torch.cat(labels).numpy().astype(np.int64),
         torch.cat(probs).double().numpy(),
     )
 
 
-def classification_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float | None]:
-    """Accuracy (threshold 0.5, i.e. the argmax of two logits) and ROC AUC of class-1 scores.
+def predict_probabilities(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    precision: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class-1 probabilities of a two-class ``model`` (:func:`predict_class_probabilities`).
 
-    ``auc`` is ``None`` when the labels hold one class only (the AUC is undefined then).
+    Returns:
+        ``(labels, probabilities)``: int64 (N,) and float64 (N,) softmax probabilities of class 1.
+    """
+    labels, probs = predict_class_probabilities(model, loader, device, precision)
+    return labels, (probs[:, 1] if len(labels) else np.empty(0, dtype=np.float64))
+
+
+def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
+    """The predicted class of each row: class-1 probability above 0.5 for a (N,) vector or two
+    columns (the argmax of two logits), the argmax of more columns (ties: the lower class).
+
+    Shape: (N,) or (N, K) -> (N,) int64.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim == 2 and probabilities.shape[1] == 2:
+        probabilities = probabilities[:, 1]
+    if probabilities.ndim == 1:
+        return (probabilities > 0.5).astype(np.int64)
+    return probabilities.argmax(axis=1).astype(np.int64)
+
+
+def roc_auc_ovr(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """One-vs-rest ROC AUC, macro-averaged: the mean over classes ``k`` of the binary AUC of
+    ``labels == k`` against ``probabilities[:, k]`` (``sklearn.metrics.roc_auc_score`` with
+    ``multi_class="ovr", average="macro"``).
+
+    Shape: labels (N,), probabilities (N, K).
+
+    Raises:
+        ValueError: a class in ``0..K-1`` without examples (its AUC is undefined), or a label
+            outside that range.
+    """
+    from histodrl.metrics import roc_auc
+
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    k = probabilities.shape[1]
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(
+            f"labels: expected classes 0..{k - 1}, found {labels.min()}..{labels.max()}"
+        )
+    missing = [c for c in range(k) if not (labels == c).any()]
+    if missing:
+        raise ValueError(f"labels: class {missing[0]} has no examples (its ROC AUC is undefined)")
+    return float(np.mean([roc_auc(labels == c, probabilities[:, c]) for c in range(k)]))
+
+
+def classification_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """Accuracy, ROC AUC, per-class and balanced accuracy of predicted probabilities.
+
+    Args:
+        labels: true classes. Shape: (N,).
+        probabilities: class-1 probabilities of a two-class model (N,), or the probabilities of
+            all K classes (N, K).
+
+    Returns:
+        ``accuracy`` (argmax; two classes: class-1 probability above 0.5); ``auc``: two classes:
+        the ROC AUC of the class-1 probability, ``None`` when the labels hold one class only;
+        more: :func:`roc_auc_ovr`, ``None`` when a class has no examples; ``per_class_accuracy``:
+        one entry per class (K; a (N,) input: 2), ``None`` for a class without examples;
+        ``balanced_accuracy``: their mean over the classes with examples.
     """
     from histodrl.metrics import accuracy, roc_auc
 
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    predicted = (probabilities > 0.5).astype(np.int64)
-    auc = roc_auc(labels, probabilities) if len(np.unique(labels)) == 2 else None
-    return {"accuracy": accuracy(labels, predicted), "auc": auc}
+    predicted = predicted_classes(probabilities)
+    n_classes = 2 if probabilities.ndim == 1 else int(probabilities.shape[1])
+    if n_classes == 2:
+        scores = probabilities if probabilities.ndim == 1 else probabilities[:, 1]
+        auc = roc_auc(labels, scores) if len(np.unique(labels)) == 2 else None
+    else:
+        present = np.unique(labels)
+        auc = roc_auc_ovr(labels, probabilities) if len(present) == n_classes else None
+    per_class: list[float | None] = []
+    for c in range(n_classes):
+        of_class = labels == c
+        per_class.append(float((predicted[of_class] == c).mean()) if of_class.any() else None)
+    known = [a for a in per_class if a is not None]
+    return {
+        "accuracy": accuracy(labels, predicted),
+        "auc": auc,
+        "per_class_accuracy": per_class,
+        "balanced_accuracy": float(np.mean(known)) if known else None,
+    }
 
 
 def _format(value: Any) -> str:

@@ -5,6 +5,9 @@ block named by ``--blocks`` (``conv2``, ``conv3``, ``conv4`` = the ends of VGG b
 ``conv2_2``, ``conv3_4``, ``conv4_4``; ``conv1`` and ``conv5`` are accepted too), the block's output is
 globally average-pooled into one feature vector per patch, and one linear classifier per block is
 trained on those features with Adam. Accuracy and ROC AUC per block are measured on the test split.
+The data is ``pcam:DIR`` or ``folder:DIR`` with class subfolders, read as by ``histodrl classify``
+(:func:`histodrl.downstream.evaluation.labelled_source`); with K classes each probe is a
+Linear(C -> K), and a folder run also reports each class's accuracy and their mean.
 
 Choices the paper leaves open (also in the README):
 
@@ -17,7 +20,7 @@ Choices the paper leaves open (also in the README):
   deviation before the linear layer (constant features are only centred). This changes nothing
   a linear classifier can express, only how well Adam is conditioned; the saved weights are folded
   back to act on the raw pooled features.
-* **Training**: zero-initialised Linear(C -> 2), cross-entropy, Adam lr 1e-3, batch 256, 30 epochs
+* **Training**: zero-initialised Linear(C -> classes), cross-entropy, Adam lr 1e-3, batch 256, 30 epochs
   of the labelled subset (``--label-fraction``, default all), shuffled from ``(seed, block)``. The
   epoch with the best validation accuracy is kept (ties go to the earlier epoch).
 * Runs on one device (``--accelerator``), without Lightning: the trunk is only evaluated and
@@ -39,14 +42,18 @@ from torch.utils.data import DataLoader
 
 from histodrl.commands.classify import ProbeOptions
 from histodrl.downstream.evaluation import (
+    SPLITS_FILE,
     SUBSET_FILE,
+    class_counts,
     classification_scores,
     eval_loader,
     iterate_eval_batches,
+    labelled_source,
     labelled_subset,
     markdown_table,
-    pcam_splits,
+    source_description,
     write_json,
+    write_splits,
     write_subset,
 )
 from histodrl.io import atomic_path, atomic_write_text
@@ -135,8 +142,8 @@ class LinearProbe:
     """A linear classifier on one block's raw pooled features.
 
     Attributes:
-        weight: Shape: (2, C).
-        bias: Shape: (2,).
+        weight: Shape: (K, C), K classes.
+        bias: Shape: (K,).
         best_epoch: the epoch (1-based) whose weights these are.
         val_accuracy: validation accuracy at ``best_epoch``.
         val_history: validation accuracy after each epoch.
@@ -149,12 +156,16 @@ class LinearProbe:
     val_history: list[float] = field(default_factory=list)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Shape: (N, C) -> (N, 2)."""
+        """Shape: (N, C) -> (N, K)."""
         return features @ self.weight.T + self.bias
+
+    def class_probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities of every class. Shape: (N, C) -> (N, K)."""
+        return torch.softmax(self.logits(features).float(), dim=1)
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
         """Softmax probability of class 1. Shape: (N, C) -> (N,)."""
-        return torch.softmax(self.logits(features).float(), dim=1)[:, 1]
+        return self.class_probabilities(features)[:, 1]
 
 
 def fold_standardization(
@@ -185,12 +196,13 @@ def train_linear_probe(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    num_classes: int = 2,
 ) -> LinearProbe:
-    """Train Linear(C -> 2) on standardised features with Adam; keep the best validation epoch.
+    """Train Linear(C -> K) on standardised features with Adam; keep the best validation epoch.
 
     Args:
         train_x: training features. Shape: (N, C).
-        train_y: training labels 0/1. Shape: (N,).
+        train_y: training labels in ``0..num_classes-1``. Shape: (N,).
         valid_x: validation features. Shape: (M, C).
         valid_y: validation labels. Shape: (M,).
         epochs: passes over the training features (>= 1).
@@ -199,6 +211,7 @@ def train_linear_probe(
         generator: CPU generator of the epoch orders (the weights start at zero, so it is the
             only random input); the same generator state gives the same probe.
         device: where to train.
+        num_classes: K, the outputs of the linear layer (>= 2).
 
     Returns:
         The probe of the epoch with the best validation accuracy (ties: the earlier), acting on
@@ -213,6 +226,8 @@ def train_linear_probe(
         raise ValueError(f"lr={lr}: expected a number > 0")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes}: expected an integer >= 2")
     if train_x.ndim != 2 or len(train_x) == 0 or len(train_x) != len(train_y):
         raise ValueError(
             f"train_x {tuple(train_x.shape)} / train_y {tuple(train_y.shape)}: expected (N, C) "
@@ -230,7 +245,9 @@ def train_linear_probe(
     vx = ((valid_x.float() - mean) / scale).to(device)
     vy = valid_y.long().to(device)
 
-    linear = nn.Linear(train_x.shape[1], 2).to(device)
+    if len(train_y) and int(train_y.max()) >= num_classes:
+        raise ValueError(f"train_y: label {int(train_y.max())} for num_classes={num_classes}")
+    linear = nn.Linear(train_x.shape[1], num_classes).to(device)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     optimizer = torch.optim.Adam(linear.parameters(), lr=lr)
@@ -271,7 +288,7 @@ class ProbeResult:
 
     Attributes:
         blocks: one row of ``metrics.json`` per block.
-        tensors: ``<block>.weight`` (2, C) and ``<block>.bias`` (2,) of every probe.
+        tensors: ``<block>.weight`` (K, C) and ``<block>.bias`` (K,) of every probe.
     """
 
     blocks: list[dict[str, Any]]
@@ -285,16 +302,17 @@ class ProbeTask(Task[ProbeOptions]):
     options_class = ProbeOptions
 
     def __init__(self) -> None:
-        self.splits: dict[str, Any] = {}
+        self.source: Any = None
         self.subset: np.ndarray = np.empty(0, dtype=np.int64)
         self.encoder: nn.Module | None = None
         self.device = torch.device("cpu")
 
     def resolve(self, options: ProbeOptions) -> ProbeOptions:
-        """The blocks written canonically (``2,3`` -> ``conv2,conv3``), as ``config.yaml`` holds them."""
+        """The blocks written canonically (``2,3`` -> ``conv2,conv3``), as ``config.yaml`` holds
+        them, and ``--crop`` filled in for the data."""
         from histodrl.commands.options import with_values
 
-        return with_values(options, blocks=",".join(options.block_list))
+        return with_values(options, blocks=",".join(options.block_list), crop=options.tile_size)
 
     def prepare(self, options: ProbeOptions, resume: bool) -> None:
         """The device, the splits, the subset and the trunk with its ``--init`` weights."""
@@ -302,18 +320,20 @@ class ProbeTask(Task[ProbeOptions]):
         from histodrl.nn import build_encoder
 
         self.device = resolve_device(options.accelerator)
-        self.splits = pcam_splits(options.data, cache_ram=options.cache_ram)
-        labels = self.splits["train"].labels
+        self.source = labelled_source(options, "probe")
+        labels = self.source.train.labels
         self.subset = labelled_subset(labels, options.label_fraction, options.seed)
         gen = torch.Generator().manual_seed(derive_seed(options.seed, "encoder-init"))
         self.encoder = build_encoder(options.arch, options.width, generator=gen)
         load_init(self.encoder, options.init)
 
     def description(self, options: ProbeOptions) -> str:
-        return str(self.splits["train"].description)
+        return source_description(self.source)
 
     def write_inputs(self, run: Path, options: ProbeOptions) -> None:
         write_subset(run, self.subset)
+        if self.source.kind != "pcam":
+            write_splits(run, self.source)
 
     def execute(self, run: Path, options: ProbeOptions) -> ProbeResult:
         """Features of the three splits (one pass each), then one probe per block."""
@@ -324,7 +344,8 @@ class ProbeTask(Task[ProbeOptions]):
         taps = [BLOCK_TAPS[b] for b in blocks]
         batch = max(256, options.batch_size)
         workers = int(options.num_workers or 0)
-        train, valid, test = self.splits["train"], self.splits["valid"], self.splits["test"]
+        train, valid, test = self.source.train, self.source.val, self.source.test
+        n_classes = len(self.source.classes)
         cached = {}
         for name, dataset, indices in (
             ("train", train, self.subset),
@@ -348,9 +369,10 @@ class ProbeTask(Task[ProbeOptions]):
                 batch_size=options.batch_size,
                 generator=gen,
                 device=device,
+                num_classes=n_classes,
             )
             test_x, test_y = cached["test"][0][tap], cached["test"][1]
-            probabilities = probe.probabilities(test_x).double().numpy()
+            probabilities = probe.class_probabilities(test_x).double().numpy()
             scores = classification_scores(test_y.numpy(), probabilities)
             tensors[f"{block}.weight"] = probe.weight.contiguous()
             tensors[f"{block}.bias"] = probe.bias.contiguous()
@@ -366,6 +388,11 @@ class ProbeTask(Task[ProbeOptions]):
                     "val_history": probe.val_history,
                 }
             )
+            if self.source.kind != "pcam":
+                rows[-1]["test_balanced_accuracy"] = scores["balanced_accuracy"]
+                rows[-1]["test_per_class_accuracy"] = dict(
+                    zip(self.source.classes, scores["per_class_accuracy"])
+                )
             print(
                 f"histodrl: probe {block} ({tap}, {test_x.shape[1]} features): test accuracy "
                 f"{scores['accuracy']:.4f}"
@@ -391,10 +418,31 @@ class ProbeTask(Task[ProbeOptions]):
             "label_fraction": options.label_fraction,
             "seed": options.seed,
             "n_labelled": int(len(self.subset)),
-            "n_valid": len(self.splits["valid"]),
-            "n_test": len(self.splits["test"]),
+            "n_valid": len(self.source.val),
+            "n_test": len(self.source.test),
             "blocks": result.blocks,
         }
+        if self.source.kind != "pcam":  # PCam runs keep their keys
+            classes = list(self.source.classes)
+            metrics.update(
+                {
+                    "classes": classes,
+                    "n_classes": len(classes),
+                    "crop": int(options.tile_size),
+                    "split_seed": int(self.source.seed),
+                    "splits_file": SPLITS_FILE,
+                    "n_train": len(self.source.train),
+                    "labelled_per_class": class_counts(
+                        self.source.train.labels[self.subset], classes
+                    ),
+                    "train_per_class": class_counts(self.source.train.labels, classes),
+                    "valid_per_class": class_counts(self.source.val.labels, classes),
+                    "test_per_class": class_counts(self.source.test.labels, classes),
+                    "test_auc_kind": (
+                        "class-1 probability" if len(classes) == 2 else "one-vs-rest macro"
+                    ),
+                }
+            )
         write_json(run / METRICS_FILE, metrics)
         atomic_write_text(run / REPORT_FILE, probe_report(metrics, options))
         print(f"histodrl: wrote {run / REPORT_FILE}")
@@ -404,9 +452,9 @@ class ProbeTask(Task[ProbeOptions]):
 def run_probe(options: ProbeOptions, launch: Launch = Launch()) -> int:
     """``histodrl probe``: frozen-trunk features, one linear classifier per block, test accuracy.
 
-    Writes ``RUN/config.yaml``, ``RUN/subset_indices.txt``, ``RUN/probes.safetensors`` (per block
-    ``<block>.weight`` (2, C) and ``<block>.bias`` (2,), acting on raw pooled features),
-    ``RUN/metrics.json`` and ``RUN/report.md``.
+    Writes ``RUN/config.yaml``, ``RUN/subset_indices.txt`` (a folder: and ``RUN/splits.json``),
+    ``RUN/probes.safetensors`` (per block ``<block>.weight`` (K, C) and ``<block>.bias`` (K,) for
+    K classes, acting on raw pooled features), ``RUN/metrics.json`` and ``RUN/report.md``.
 
     Args:
         options: the command's options.
@@ -424,20 +472,19 @@ def run_probe(options: ProbeOptions, launch: Launch = Launch()) -> int:
 
 def probe_report(metrics: dict[str, Any], options: ProbeOptions) -> str:
     """``RUN/report.md``: accuracy per block and how it was obtained."""
-    table = markdown_table(
-        ["block", "tap", "features", "val acc", "test acc", "test AUC"],
-        [
-            [
-                r["block"],
-                r["tap"],
-                r["channels"],
-                r["val_accuracy"],
-                r["test_accuracy"],
-                r["test_auc"],
-            ]
-            for r in metrics["blocks"]
-        ],
-    )
+    folder = "classes" in metrics
+    header = ["block", "tap", "features", "val acc", "test acc", "test AUC"]
+    rows = [
+        [r["block"], r["tap"], r["channels"], r["val_accuracy"], r["test_accuracy"], r["test_auc"]]
+        for r in metrics["blocks"]
+    ]
+    if folder:
+        header.append("test balanced acc")
+        for row, r in zip(rows, metrics["blocks"]):
+            row.append(r["test_balanced_accuracy"])
+    table = markdown_table(header, rows)
+    n_out = metrics.get("n_classes", 2)
+    what = "tiles" if folder else "patches"
     lines = [
         "# Linear probes (frozen trunk)",
         "",
@@ -445,15 +492,38 @@ def probe_report(metrics: dict[str, Any], options: ProbeOptions) -> str:
         "",
         table,
         "",
-        f"- Data: {metrics['data']}; {metrics['n_labelled']} labelled training patches (label "
+        f"- Data: {metrics['data']}; {metrics['n_labelled']} labelled training {what} (label "
         f"fraction {metrics['label_fraction']:g}, seed {metrics['seed']}, indices in "
-        f"`{SUBSET_FILE}`), {metrics['n_valid']} validation and {metrics['n_test']} test patches.",
+        f"`{SUBSET_FILE}`), {metrics['n_valid']} validation and {metrics['n_test']} test {what}.",
+    ]
+    if folder:
+        classes = ", ".join(
+            f"{name} ({metrics['labelled_per_class'][name]} labelled, "
+            f"{metrics['test_per_class'][name]} test)"
+            for name in metrics["classes"]
+        )
+        lines.append(
+            f"- Classes (label order): {classes}; split seed {metrics['split_seed']}, lists in "
+            f"`{SPLITS_FILE}`; tiles resized and centre-cropped to {metrics['crop']}x"
+            f"{metrics['crop']}."
+        )
+    lines += [
         "- Features: the trunk frozen in eval mode; each block's output globally average-pooled, "
         "computed once and cached; standardised with the training mean and deviation.",
-        f"- Classifier: one zero-initialised Linear(C -> 2) per block, Adam lr "
+        f"- Classifier: one zero-initialised Linear(C -> {n_out}) per block, Adam lr "
         f"{options.lr:g}, batch {options.batch_size}, {options.epochs} "
         "epochs; the epoch with the best validation accuracy is kept (ties: the earlier). "
         f"Weights in `{PROBES_FILE}`.",
-        "",
     ]
+    if folder:
+        auc = (
+            "ROC AUC of the class-1 probability"
+            if n_out == 2
+            else "ROC AUC one-vs-rest of each class's probability, macro-averaged"
+        )
+        lines.append(
+            f"- Test: accuracy at the argmax of the {n_out} logits; {auc}; balanced accuracy: "
+            "the mean of the per-class accuracies."
+        )
+    lines.append("")
     return "\n".join(lines)
