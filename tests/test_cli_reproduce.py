@@ -1,11 +1,13 @@
 """``histodrl reproduce`` as a user runs it: table4 end to end at smoke scale on generated data."""
 
 import csv
+import traceback
 
 import pytest
 import yaml
 
 from histodrl.cli import main
+from histodrl.errors import UserInputError
 from histodrl.experiments import reproduce as rp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,7 +80,7 @@ def test_table4_smoke_end_to_end_then_reused(data, tmp_path, capsys, monkeypatch
 
     # A second invocation reruns nothing.
     calls = []
-    monkeypatch.setattr(rp, "cli_runner", lambda argv: calls.append(argv) or 1)
+    monkeypatch.setattr(rp, "run_command", lambda *call: calls.append(call) or 1)
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert calls == [] and printed.count(": reused") == 36
@@ -116,7 +118,7 @@ def test_dry_run_lists_the_runs_without_running_them(data, tmp_path, capsys):
     ("extra", "needles"),
     [
         (["table5", "--glas", "G"], ["table5: unknown table or figure", "table1"]),
-        (["table4", "--seeds", "0"], ["--seeds 0: expected an integer >= 1"]),
+        (["table4", "--seeds", "0"], ["--seeds 0: expected", ">= 1"]),
         (["table1"], ["--glas: table1 needs the GLaS folder"]),
         (["table3", "--pcam", "/no/such/pcam"], ["--pcam /no/such/pcam: expected the PCam folder"]),
         (["table2", "--glas", "G", "--scale", "large"], ["--scale large"]),
@@ -130,8 +132,39 @@ def test_bad_input_is_one_line_and_exit_status_2(data, tmp_path, capsys, extra, 
     assert not (tmp_path / "o").exists()
 
 
-def test_missing_out_is_an_argparse_error(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["reproduce", "table4"])
-    assert info.value.code == 2
-    assert "--out" in capsys.readouterr().err
+def test_a_failing_run_is_one_line_and_debug_shows_its_traceback(
+    data, tmp_path, capsys, monkeypatch
+):
+    glas, pcam = data
+
+    def failing_pretrain(command, options, launch):
+        raise UserInputError(f"{options.data}: the data the run could not read")
+
+    monkeypatch.setattr(rp, "run_command", failing_pretrain)
+    args = [
+        "reproduce",
+        "table1",
+        "--glas",
+        str(glas),
+        "--out",
+        str(tmp_path / "o"),
+        "--seeds",
+        "1",
+    ]
+    assert main(args) == 2
+    log = tmp_path / "o" / "table1" / "logs" / "vae-seed0-pretrain-glas.log"
+    _one_line_error(
+        capsys,
+        "vae/seed0/pretrain-glas: pretrain failed: glas:",
+        "the data the run could not read; full output in",
+        str(log),
+    )
+    with pytest.raises(UserInputError) as info:
+        main(["--debug", *args])
+    frames = [frame.name for frame in traceback.extract_tb(info.value.__cause__.__traceback__)]
+    assert "failing_pretrain" in frames
+
+
+def test_missing_out_is_one_line_and_exit_status_2(capsys):
+    assert main(["reproduce", "table4"]) == 2
+    _one_line_error(capsys, "--out")

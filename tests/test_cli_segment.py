@@ -60,6 +60,7 @@ def test_contour_run_from_an_encoder_file_writes_every_output(glas, tmp_path, ca
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "testA (1 images, pooled): F1" in out and "testB (1 images, pooled)" in out
+    assert "pixel Dice" in out
     assert f"wrote {run / 'report.md'}" in out
 
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
@@ -72,6 +73,7 @@ def test_contour_run_from_an_encoder_file_writes_every_output(glas, tmp_path, ca
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"testA", "testB"}
     assert set(metrics["testA"]) >= {"pooled", "mean", "n_images"}
+    assert set(metrics["testA"]["pooled"]) == {"f1", "dice", "hausdorff", "pixel_dice"}
     assert sorted(p.name for p in (run / "predictions").iterdir()) == ["testA_1.png", "testB_1.png"]
     report = (run / "report.md").read_text()
     assert "pretrained encoder" in report and "contour <= 0.5" in report
@@ -104,10 +106,10 @@ def test_missing_glas_folder_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_source_other_than_glas_is_refused(tmp_path, capsys):
+def test_a_source_without_labels_is_refused(tmp_path, capsys):
     status = main(["segment", "--data", f"folder:{tmp_path}", "--out", str(tmp_path / "r"), *TINY])
     assert status == 2
-    _one_line_error(capsys, "glas:DIR")
+    _one_line_error(capsys, "glas:DIR", "masks:DIR", "monuseg:DIR")
 
 
 def test_glas_folder_without_test_images_is_refused_before_training(tmp_path, capsys):

@@ -18,6 +18,7 @@ from typing import Any
 
 from histodrl import __version__
 from histodrl.commands import classify as classify_options
+from histodrl.commands import embed as embed_options
 from histodrl.commands import options as om
 from histodrl.commands import tools
 from histodrl.commands.pretrain import PretrainOptions
@@ -152,6 +153,29 @@ def _glas_metrics(options: tools.GlasMetricsOptions) -> int:
     return 0
 
 
+def _embed(options: embed_options.EmbedOptions) -> int:
+    from histodrl.downstream.embed import run_embed
+
+    return run_embed(options)
+
+
+def _wsi_preview(options: embed_options.WsiPreviewOptions) -> int:
+    from histodrl.experiments.wsi_preview import wsi_preview
+
+    message = wsi_preview(
+        options.slide,
+        options.out,
+        crop=options.crop,
+        level=options.level,
+        mpp=options.mpp,
+        min_tissue=options.min_tissue,
+        max_tiles=options.max_tiles,
+        seed=options.seed,
+    )
+    print(f"histodrl: {message}")
+    return 0
+
+
 def _reproduce(options: tools.ReproduceOptions) -> int:
     from histodrl.experiments.reproduce import reproduce
 
@@ -242,6 +266,18 @@ COMMANDS: tuple[Command, ...] = (
         SegmentOptions,
         _segment,
         launch=True,
+    ),
+    Command(
+        "embed",
+        "pooled encoder features of every image or tissue tile of a source, in one HDF5 file",
+        embed_options.EmbedOptions,
+        _embed,
+    ),
+    Command(
+        "wsi-preview",
+        "write a PNG of a slide with its tissue mask and the tiles a wsi: source draws from it",
+        embed_options.WsiPreviewOptions,
+        _wsi_preview,
     ),
     Command(
         "reproduce",

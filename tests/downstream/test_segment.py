@@ -28,22 +28,35 @@ def _options(**values) -> SegmentOptions:
     return SegmentOptions(**{"data": "glas:unused", "out": "unused", **values})
 
 
-def test_resolve_records_the_default_epochs_and_glas_min_object_area():
+def test_resolve_records_the_default_epochs_and_the_sources_min_object_area(glas):
     task = SegmentTask()
-    resolved = task.resolve(_options())
+    resolved = task.resolve(_options(data=f"glas:{glas}"))
     assert resolved.epochs == DEFAULT_EPOCHS and resolved.min_object_area == 100
-    only_steps = task.resolve(_options(max_steps=6, min_object_area=0))
+    # A given --min-object-area is kept, and then the data is not read to resolve it.
+    only_steps = SegmentTask().resolve(_options(max_steps=6, min_object_area=0))
     assert only_steps.epochs is None and only_steps.min_object_area == 0
 
 
 def test_max_steps_alone_sets_the_length_and_caps_explicit_epochs():
     task = SegmentTask()
     task.train = list(range(85))  # only the training set's length counts
-    assert task.total_steps(task.resolve(_options()), world_size=1) == 4200
+    assert task.total_steps(_options().resolved(), world_size=1) == 4200
     assert task.total_steps(_options(max_steps=5000), world_size=1) == 5000
     assert task.total_steps(_options(epochs=2.0, max_steps=50), world_size=1) == 50
     assert task.total_steps(_options(epochs=2.0, max_steps=5000), world_size=1) == 84
     assert task.total_steps(_options(epochs=2.0), world_size=2) == 42
+
+
+def test_split_defaults_are_the_data_layers_and_pretrainings():
+    from histodrl.data.masks import DEFAULT_TEST_FRACTION
+    from histodrl.data.sources import SOURCE_OPTIONS
+
+    options = _options()
+    for kind in ("masks", "monuseg"):
+        assert (
+            options.test_fraction == DEFAULT_TEST_FRACTION == SOURCE_OPTIONS[kind]["test_fraction"]
+        )
+        assert options.split_seed == SOURCE_OPTIONS[kind]["split_seed"] == 0
 
 
 def test_resuming_refuses_a_run_whose_training_images_changed(glas, tmp_path):
@@ -54,6 +67,11 @@ def test_resuming_refuses_a_run_whose_training_images_changed(glas, tmp_path):
     task.check_resumed(tmp_path, options)  # the same images: fine
     task.chosen = task.chosen[:-1]
     with pytest.raises(UserInputError, match="train_images.txt"):
+        task.check_resumed(tmp_path, options)
+    task.prepare(options, resume=True)
+    task.check_resumed(tmp_path, options)
+    task.source.tests["testB"].records.pop()  # a test image gone from the folder
+    with pytest.raises(UserInputError, match="splits.json"):
         task.check_resumed(tmp_path, options)
 
 
@@ -91,10 +109,21 @@ def test_short_fine_tuning_beats_trivial_predictions_and_writes_the_run(glas, tm
     assert config["total_steps"] == 60 and config["lr"] == 0.01 and config["init"] == "random"
     assert config["min_object_area"] == 100 and config["epochs"] is None
     assert (run / "train_images.txt").read_text().split() == [f"train_{i}" for i in range(1, 7)]
+    assert json.loads((run / "splits.json").read_text()) == {
+        "train": [f"train_{i}" for i in range(1, 7)],
+        "testA": ["testA_1", "testA_2"],
+        "testB": ["testB_1"],
+    }
+    for part in ("testA", "testB"):
+        for aggregate in ("pooled", "mean"):
+            assert set(metrics[part][aggregate]) == {"f1", "dice", "hausdorff", "pixel_dice"}
+            assert 0 < metrics[part][aggregate]["pixel_dice"] <= 1
     for record in tests.records:
         assert read_label_image(run / "predictions" / f"{record.name}.png").shape == (160, 192)
     report = (run / "report.md").read_text()
     assert "| testA | pooled | 2 |" in report and "| testB | mean | 1 |" in report
+    assert report.startswith("# Gland segmentation (GLaS)") and "pixel Dice" in report
+    assert "splits.json" not in report and "merge" not in report
     assert "objects under 100 px removed" in report and "60 steps of SGD" in report
     for name in ("testA_1", "testB_1"):
         assert f"](figures/{name}.png)" in report

@@ -1,5 +1,7 @@
 """histodrl.downstream.segment_data: the training images, their random windows, the augmentation."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -10,11 +12,9 @@ from histodrl.downstream.glands import contour_target
 from histodrl.downstream.segment_data import (
     SegmentationCrops,
     augment_batch,
-    glas_root,
     training_images,
     window_side,
 )
-from histodrl.errors import UserInputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,10 +96,21 @@ def test_training_images_are_a_seeded_subset_with_both_grades(glas):
     np.testing.assert_array_equal(training_images(ds, 1.0, seed=0), np.arange(6))
 
 
-def test_only_glas_sources_are_accepted(glas):
-    assert glas_root(f"glas:{glas}") == str(glas)
-    with pytest.raises(UserInputError, match="glas:DIR"):
-        glas_root(f"folder:{glas}")
+class _Records:
+    """A training split of the user's own masks: records without grades."""
+
+    def __init__(self, n):
+        self.records = [SimpleNamespace(name=f"img_{i}", grade=None) for i in range(n)]
+
+    def __len__(self):
+        return len(self.records)
+
+
+def test_training_images_without_grades_are_a_plain_seeded_subset():
+    chosen = training_images(_Records(10), 0.3, seed=1)
+    assert len(chosen) == 3 and list(chosen) == sorted(set(chosen))
+    np.testing.assert_array_equal(chosen, training_images(_Records(10), 0.3, seed=1))
+    np.testing.assert_array_equal(training_images(_Records(4), 1.0, seed=0), np.arange(4))
 
 
 def test_augmentation_moves_image_and_target_together():

@@ -47,14 +47,15 @@ def test_figures_are_png_files_named_after_the_images(tmp_path):
 
 
 def test_report_has_one_table_row_per_part_and_aggregation():
-    scores = {"f1": 0.5, "dice": 0.25, "hausdorff": 12.345}
+    scores = {"f1": 0.5, "dice": 0.25, "hausdorff": 12.345, "pixel_dice": 0.75}
     metrics = {
         "testA": {"pooled": scores, "mean": scores, "n_images": 3, "n_empty_pred": 1},
         "testB": {"pooled": scores, "mean": scores, "n_images": 2, "n_empty_pred": 0},
     }
     table = metrics_table(metrics).splitlines()
     assert len(table) == 2 + 4
-    assert table[2] == "| testA | pooled | 3 | 0.5000 | 0.2500 | 12.35 |"
+    assert table[0].endswith("| object Hausdorff (px) | pixel Dice |")
+    assert table[2] == "| testA | pooled | 3 | 0.5000 | 0.2500 | 12.35 | 0.7500 |"
     options = SegmentOptions(data="glas:/d", out="r", epochs=100.0, min_object_area=100)
     text = report_markdown(
         options,
@@ -73,7 +74,7 @@ def test_report_has_one_table_row_per_part_and_aggregation():
 
 
 def test_report_reads_the_trunk_contour_and_dice_options():
-    scores = {"f1": 0.5, "dice": 0.25, "hausdorff": 1.0}
+    scores = {"f1": 0.5, "dice": 0.25, "hausdorff": 1.0, "pixel_dice": 0.5}
     metrics = {"testA": {"pooled": scores, "mean": scores, "n_images": 1, "n_empty_pred": 0}}
     options = SegmentOptions(
         data="glas:/d", out="r", arch="vgg19", contour=True, dice_weight=0.5, min_object_area=7

@@ -43,6 +43,26 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):
     assert (out / "results.txt").read_text() == "keep me"
 
 
+def test_a_failing_stage_reports_its_own_error_once(tmp_path, capsys, monkeypatch):
+    import traceback
+
+    import histodrl.data.synth_glas
+    from histodrl.errors import UserInputError
+
+    def make_glas(out_dir, **kwargs):
+        raise UserInputError(f"{out_dir}: no space left for the images")
+
+    monkeypatch.setattr(histodrl.data.synth_glas, "make_glas", make_glas)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"histodrl: error: {out / 'data' / 'glas'}: no space left for the images"]
+    # --debug shows the traceback of the stage that failed.
+    with pytest.raises(UserInputError, match="no space left") as info:
+        main(["--debug", "demo", "--out", str(out)])
+    assert "make_glas" in [frame.name for frame in traceback.extract_tb(info.tb)]
+
+
 @pytest.mark.slow
 def test_demo_at_full_budget_shows_drl_pretraining_learning(tmp_path):
     import csv

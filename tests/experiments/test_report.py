@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histodrl.experiments.jobs import Record, Settings
 from histodrl.experiments.report import (
     Results,
     git_commit,
@@ -13,7 +14,6 @@ from histodrl.experiments.report import (
     paper_cell,
     write_report,
 )
-from histodrl.experiments.reproduce import Record, Settings
 from histodrl.experiments.stats import format_p, welch_t_test
 from histodrl.experiments.tables import SCALES, experiment
 

@@ -1,7 +1,7 @@
 """The reproduction harness: run layout, reuse and resumption, failures, bad input, records.
 
-The runs are replaced by a fake ``histodrl`` that writes each command's final artefact, so these
-tests check the harness alone (tests/test_cli_reproduce.py runs the real commands).
+The run functions are replaced by a fake that writes each command's config and final artefact, so
+these tests check the harness alone (tests/test_cli_reproduce.py runs the real commands).
 """
 
 import json
@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from histodrl.commands.classify import ClassifyOptions, ProbeOptions
+from histodrl.commands.options import with_values
+from histodrl.commands.pretrain import PretrainOptions
+from histodrl.commands.segment import SegmentOptions
 from histodrl.errors import UserInputError
 from histodrl.experiments import reproduce as rp
 from histodrl.experiments.tables import SCALES, experiment
+from histodrl.runs.layout import write_config
+from histodrl.runs.lifecycle import Launch
 
 
 @pytest.fixture(scope="module")
@@ -26,29 +32,34 @@ def data(tmp_path_factory):
 
 
 class FakeHistodrl:
-    """Writes the artefact each command would write; remembers every command line."""
+    """Writes what each command's run would write (``config.yaml`` and its final artefact);
+    remembers every call as ``(command, options, launch)``."""
 
     def __init__(self, fail_on: str | None = None) -> None:
-        self.calls: list[list[str]] = []
+        self.calls: list[tuple[str, object, Launch]] = []
         self.fail_on = fail_on
 
-    def __call__(self, argv: list[str]) -> int:
-        self.calls.append(list(argv))
-        out = Path(argv[argv.index("--out") + 1])
+    def __call__(self, command: str, options, launch: Launch) -> int:
+        self.calls.append((command, options, launch))
+        out = Path(options.out)
         if self.fail_on and self.fail_on in str(out):
-            print("histodrl: error: the fake run failed")
-            return 2
+            print("histodrl: a line the fake run printed")
+            raise UserInputError("the fake run failed")
         out.mkdir(parents=True, exist_ok=True)
+        write_config(out, options)
         value = (sum(map(ord, str(out))) % 97) / 100  # deterministic, differs between runs
-        if argv[0] == "pretrain":
+        if command == "pretrain":
             (out / "encoder.safetensors").write_bytes(b"weights")
             return 0
-        if argv[0] == "segment":
+        if command == "segment":
             scores = {"f1": value, "dice": value / 2, "hausdorff": 50 + value}
             metrics = {part: {"pooled": scores, "mean": scores} for part in ("testA", "testB")}
-        elif argv[0] == "classify":
-            fraction = float(argv[argv.index("--label-fraction") + 1])
-            metrics = {"label_fraction": fraction, "test_accuracy": value, "test_auc": None}
+        elif command == "classify":
+            metrics = {
+                "label_fraction": options.label_fraction,
+                "test_accuracy": value,
+                "test_auc": None,
+            }
         else:
             blocks = [
                 {"block": b, "test_accuracy": value, "test_auc": 0.5}
@@ -57,6 +68,9 @@ class FakeHistodrl:
             metrics = {"blocks": blocks}
         (out / "metrics.json").write_text(json.dumps(metrics))
         return 0
+
+    def outs(self) -> list[str]:
+        return [options.out for _, options, _ in self.calls]
 
 
 def _reproduce(data, out, runner, names=("table4",), **kw):
@@ -88,20 +102,22 @@ def test_plan_layout_pretrains_per_dataset_before_the_tasks_seed_by_seed(data, t
     ]
     assert len(jobs) == 2 * (2 + 4 * 4) and all(j.seed == 0 for j in jobs[:18])
     by_folder = {r: j for r, j in zip(rel, jobs)}
-    segment = by_folder["lsh/seed1/segment"].argv
-    assert segment[segment.index("--init") + 1] == str(
-        tmp_path / "table4/runs/lsh/seed1/pretrain-glas"
-    )
-    classify = by_folder["lsh/seed1/classify-f1"].argv
-    assert classify[classify.index("--init") + 1].endswith("lsh/seed1/pretrain-pcam")
-    baseline = by_folder["baseline/seed1/segment"].argv
-    assert baseline[baseline.index("--init") + 1] == "random"
-    pretrain = by_folder["lsh/seed1/pretrain-pcam"].argv
-    for option in (("--gch", "none"), ("--lambda", "0.5"), ("--seed", "1"), ("--crop", "32")):
-        assert pretrain[pretrain.index(option[0]) + 1] == option[1]
-    assert "--no-fem" in pretrain and "--max-steps" in pretrain
-    glas_pretrain = by_folder["lsh/seed1/pretrain-glas"].argv
-    assert "--lambda" not in glas_pretrain  # the pretrain default, 0.01, is the GLaS setting
+    segment = by_folder["lsh/seed1/segment"].options
+    assert isinstance(segment, SegmentOptions)
+    assert segment.init == str(tmp_path / "table4/runs/lsh/seed1/pretrain-glas")
+    classify = by_folder["lsh/seed1/classify-f1"].options
+    assert isinstance(classify, ClassifyOptions)
+    assert classify.init.endswith("lsh/seed1/pretrain-pcam")
+    assert by_folder["baseline/seed1/segment"].options.init == "random"
+    pretrain = by_folder["lsh/seed1/pretrain-pcam"]
+    assert isinstance(pretrain.options, PretrainOptions)
+    assert (pretrain.options.gch, pretrain.options.lambda_) == ("none", 0.5)
+    assert (pretrain.options.seed, pretrain.options.crop) == (1, 32)
+    assert pretrain.options.no_fem and pretrain.options.max_steps == 4
+    glas_pretrain = by_folder["lsh/seed1/pretrain-glas"]
+    # The pretrain default, 0.01, is the GLaS setting: the plan does not set it.
+    assert "lambda_" not in glas_pretrain.given and glas_pretrain.options.lambda_ == 0.01
+    assert {"data", "out", "seed", "width", "crop", "gch", "no_fem"} <= pretrain.given
 
 
 def test_exemplar_classes_are_capped_by_the_pretraining_items(data, tmp_path):
@@ -111,7 +127,7 @@ def test_exemplar_classes_are_capped_by_the_pretraining_items(data, tmp_path):
     exemplar = next(j for j in jobs if j.variant.key == "exemplar" and j.kind == "pretrain")
     n = len(pretrain_dataset(f"glas:{data[0]}", crop=64, seed=0))
     assert n < 4000
-    assert exemplar.argv[exemplar.argv.index("--exemplar-classes") + 1] == str(n)
+    assert exemplar.options.exemplar_classes == n
 
 
 def test_second_invocation_reruns_nothing(data, tmp_path):
@@ -133,7 +149,7 @@ def test_more_seeds_later_runs_only_the_new_seeds(data, tmp_path):
     fake = FakeHistodrl()
     _reproduce(data, tmp_path, fake, seeds=2)
     assert len(fake.calls) == 18
-    assert all(c[c.index("--seed") + 1] == "1" for c in fake.calls)
+    assert all(options.seed == 1 for _, options, _ in fake.calls)
 
 
 def test_interrupted_runs_are_resumed_or_replaced(data, tmp_path):
@@ -149,10 +165,23 @@ def test_interrupted_runs_are_resumed_or_replaced(data, tmp_path):
 
     fake = FakeHistodrl()
     _reproduce(data, tmp_path, fake)
-    done = {c[c.index("--out") + 1]: c for c in fake.calls}
+    done = {options.out: (command, launch) for command, options, launch in fake.calls}
     assert set(done) == {str(runs / "fem/seed1/pretrain-glas"), str(runs / "lsh/seed0/segment")}
-    assert done[str(runs / "fem/seed1/pretrain-glas")][-1] == "--resume"
-    assert done[str(runs / "lsh/seed0/segment")][-1] == "--overwrite"
+    assert done[str(runs / "fem/seed1/pretrain-glas")] == ("pretrain", Launch(resume=True))
+    assert done[str(runs / "lsh/seed0/segment")] == ("segment", Launch(overwrite=True))
+
+
+def test_a_resumed_run_keeps_its_config_and_takes_what_the_plan_sets(data, tmp_path):
+    """As ``histodrl pretrain --resume`` with typed options: the run's config.yaml supplies every
+    option the plan does not set (here a data-dependent default the run resolved)."""
+    job = rp.plan(experiment("table4"), _settings(data, tmp_path, seeds=1))[2]  # lsh pretrain-glas
+    assert job.options.epochs is None and "epochs" not in job.given
+    job.folder.mkdir(parents=True)
+    write_config(job.folder, with_values(job.options, epochs=200.0, num_workers=3))
+    resumed = rp.resume_options(job)
+    assert resumed.epochs == 200.0  # from the run
+    assert resumed.num_workers == 0 and resumed.gch == "none"  # from the plan
+    assert with_values(resumed, epochs=None) == job.options
 
 
 def test_action_of_a_job_depends_on_what_its_folder_holds(data, tmp_path):
@@ -175,10 +204,15 @@ def test_a_failed_run_stops_with_one_line_naming_its_log(data, tmp_path):
         _reproduce(data, tmp_path, fake)
     message = str(info.value)
     assert "\n" not in message
-    assert "gch-hard/seed0/segment: histodrl segment failed with status 2" in message
-    assert "the fake run failed" in message
+    assert "gch-hard/seed0/segment: segment failed: the fake run failed;" in message
+    assert message.count("the fake run failed") == 1
     log = tmp_path / "table4" / "logs" / "gch-hard-seed0-segment.log"
-    assert str(log) in message and "the fake run failed" in log.read_text()
+    assert str(log) in message
+    assert "a line the fake run printed" in log.read_text()
+    assert "histodrl: error: the fake run failed" in log.read_text()
+    # The run's own error is the cause: ``--debug`` shows its traceback.
+    assert isinstance(info.value.__cause__, UserInputError)
+    assert str(info.value.__cause__) == "the fake run failed"
     # Everything before the failure is kept, so the next call continues after it.
     assert (tmp_path / "table4/runs/gch-hard/seed0/pretrain-pcam/encoder.safetensors").is_file()
 
@@ -245,7 +279,8 @@ def test_records_of_each_kind_of_run(data, tmp_path):
         jobs.setdefault(job.kind, job)
     fake = FakeHistodrl()
     for kind in ("pretrain", "classify", "probe"):
-        assert fake(list(jobs[kind].argv)) == 0
+        assert fake(kind, jobs[kind].options, Launch()) == 0
+    assert isinstance(jobs["probe"].options, ProbeOptions) and not jobs["probe"].resumable
     assert rp.job_records("fig4", jobs["pretrain"]) == []
     classify = rp.job_records("fig4", jobs["classify"], root=tmp_path / "fig4")
     assert [(r.part, r.metric) for r in classify] == [("1", "accuracy")]  # a None AUC is left out
@@ -253,8 +288,39 @@ def test_records_of_each_kind_of_run(data, tmp_path):
     probe = rp.job_records("fig4", jobs["probe"])
     assert [(r.part, r.metric) for r in probe][:2] == [("conv2", "accuracy"), ("conv2", "auc")]
     segment = rp.plan(experiment("table1"), settings)[1]
-    assert fake(list(segment.argv)) == 0
+    assert fake("segment", segment.options, Launch()) == 0
     records = rp.job_records("table1", segment)
     assert {(r.part, r.metric) for r in records} == {
         (p, m) for p in ("testA", "testB") for m in ("f1", "dice", "hausdorff")
     }
+
+
+def test_the_default_runner_calls_each_commands_run_function(data, tmp_path, monkeypatch):
+    import histodrl.downstream.classify
+    import histodrl.downstream.probe
+    import histodrl.downstream.segment
+    import histodrl.pretext.task
+
+    calls = []
+    for module, name in (
+        (histodrl.pretext.task, "run_pretrain"),
+        (histodrl.downstream.segment, "run_segment"),
+        (histodrl.downstream.classify, "run_classify"),
+        (histodrl.downstream.probe, "run_probe"),
+    ):
+        monkeypatch.setattr(
+            module, name, lambda options, launch, name=name: calls.append((name, options, launch))
+        )
+    jobs = {}
+    for job in rp.plan(experiment("fig4"), _settings(data, tmp_path, seeds=1)):
+        jobs.setdefault(job.kind, job)
+    jobs["segment"] = rp.plan(experiment("table1"), _settings(data, tmp_path, seeds=1))[1]
+    launch = Launch(overwrite=True)
+    for kind in ("pretrain", "segment", "classify", "probe"):
+        rp.run_command(kind, jobs[kind].options, launch)
+    assert calls == [
+        (f"run_{kind}", jobs[kind].options, launch)
+        for kind in ("pretrain", "segment", "classify", "probe")
+    ]
+    with pytest.raises(ValueError, match="embed: not a command"):
+        rp.run_command("embed", None, launch)

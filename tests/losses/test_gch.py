@@ -196,6 +196,30 @@ def test_hard_loss_minimum_over_n_images_is_reached_by_a_regular_simplex() -> No
     assert round(math.log1p(7 * math.exp(-2)), 3) == 0.666
 
 
+def test_non_negative_descriptors_cannot_go_below_log_one_plus_n_minus_one_over_e() -> None:
+    # METHOD.md (b), "Correction (measured)": with F_G pooled from post-ReLU maps every cosine is
+    # in [0, 1], so each term is at least log(1 + (N-1)/e) (1.274 for N = 8, against the simplex's
+    # 1.173), reached by orthogonal one-hot descriptors. Descriptors of either sign go lower.
+    for n in (3, 8):
+        floor = math.log1p((n - 1) / math.e)
+        one_hot = torch.eye(n, dtype=torch.float64)
+        assert gch_hard_loss(one_hot, one_hot.clone()).item() == pytest.approx(floor)
+        for seed in range(5):
+            g, g_hat = _unit(n, n, 100 + seed).abs(), _unit(n, n, 120 + seed).abs()
+            assert gch_hard_loss(g, g_hat).item() >= floor
+        simplex = _simplex(n)
+        assert gch_hard_loss(simplex, simplex.clone()).item() < floor
+    assert round(math.log1p(7 / math.e), 3) == 1.274
+
+
+def test_descriptors_that_only_tell_original_from_deformed_give_log_n() -> None:
+    # Every original at u and every deformed copy at -u (measured late in short DRL runs at small
+    # lambda, when the LSH term's deformation cue takes over the pooled features): chance level.
+    u = _unit(1, 5, 18)
+    g, g_hat = u.expand(8, 5), -u.expand(8, 5)
+    assert gch_hard_loss(g, g_hat).item() == pytest.approx(math.log(8))
+
+
 def test_hard_and_soft_losses_are_log_n_for_identical_descriptors() -> None:
     g = _unit(1, 4, 13).expand(6, 4)
     assert gch_hard_loss(g, g.clone()).item() == pytest.approx(math.log(6))

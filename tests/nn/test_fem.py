@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from histodrl.nn.fem import FeatureEnhanceModule, fem_dilations
+from histodrl.nn.fem import FeatureEnhanceModule, GlobalProjection, fem_dilations
 
 # METHOD.md (c), FEM table: M -> (rates, C2 at c_b = 128).
 METHOD_TABLE = {
@@ -129,3 +129,95 @@ def test_fem_invalid_sizes_raise_value_error_naming_them(kwargs, name):
     args = {"in_channels": 4, "M": 8, "branch_channels": 2} | kwargs
     with pytest.raises(ValueError, match=name):
         FeatureEnhanceModule(**args)
+
+
+# -- pre-activation output and the global projection (METHOD.md (b), "Correction (measured)") -------
+
+
+def test_forward_is_relu_of_the_preactivation_and_both_come_from_one_pass():
+    torch.manual_seed(2)
+    fem = FeatureEnhanceModule(6, 8, branch_channels=3)
+    with torch.no_grad():
+        fem.bn.weight.uniform_(0.5, 2.0)
+        fem.bn.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(4, 6, 8, 8)
+    pre = fem.preactivation(x)
+    assert pre.shape == (4, 9, 8, 8)
+    torch.testing.assert_close(fem(x), torch.relu(pre))
+    out, pre2 = fem.forward_with_preactivation(x)
+    torch.testing.assert_close(pre2, pre)
+    torch.testing.assert_close(out, torch.relu(pre))
+    # The ReLU was not applied in place to the returned pre-activation.
+    assert (pre2 < 0).any()
+
+
+def test_preactivation_equals_the_per_branch_conv_bn_reference_and_passes_gradients():
+    torch.manual_seed(3)
+    fem = FeatureEnhanceModule(5, 12, branch_channels=2)
+    reference = reference_fem(fem)
+    x = torch.randn(3, 5, 12, 12, requires_grad=True)
+    out, pre = fem.forward_with_preactivation(x)
+    expected = torch.cat([b[1](b[0](x)) for b in reference], dim=1)
+    torch.testing.assert_close(pre, expected, rtol=1e-5, atol=1e-5)
+    (out.sum() + pre.square().sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_pooled_preactivation_has_both_signs_and_the_pooled_output_does_not():
+    """At initialisation the FEM's BN centres each channel over the batch, so per-image pools of
+    the pre-activation lie on both sides of 0, while the post-ReLU pools are all >= 0."""
+    torch.manual_seed(4)
+    fem = FeatureEnhanceModule(16, 8, branch_channels=4)
+    x = torch.relu(torch.randn(8, 16, 8, 8) + torch.randn(8, 16, 1, 1))  # post-ReLU like a tap
+    out, pre = fem.forward_with_preactivation(x)
+    pooled_pre, pooled = pre.mean(dim=(2, 3)), out.mean(dim=(2, 3))
+    assert (pooled >= 0).all()
+    # Channel means over the batch are the BN bias (0) in training mode.
+    torch.testing.assert_close(pooled_pre.mean(dim=0), torch.zeros(12), atol=1e-5, rtol=0)
+    assert 0.3 < (pooled_pre < 0).float().mean() < 0.7
+
+
+def test_global_projection_centres_nearly_parallel_non_negative_vectors():
+    """GAP of post-ReLU maps: non-negative, nearly parallel (cosines ~ 1). The projection's
+    output has both signs, batch mean 0 per coordinate at initialisation, and negative cosines."""
+    torch.manual_seed(5)
+    base = torch.rand(1, 32) + 1.0
+    pooled = base + 0.05 * torch.rand(8, 32)
+    unit = torch.nn.functional.normalize(pooled, dim=1)
+    assert (unit @ unit.T).min() > 0.99
+    proj = GlobalProjection(32)
+    h = proj(pooled)
+    assert h.shape == (8, 32)
+    torch.testing.assert_close(h.mean(dim=0), torch.zeros(32), atol=1e-4, rtol=0)
+    g = torch.nn.functional.normalize(h, dim=1)
+    cos = g @ g.T
+    assert (cos[~torch.eye(8, dtype=torch.bool)] < 0).any()
+    assert 0.3 < (torch.sigmoid(h) < 0.5).float().mean() < 0.7
+    # A linear layer alone keeps the vectors nearly parallel: the BatchNorm is what centres them.
+    plain = torch.nn.functional.normalize(proj.linear(pooled), dim=1)
+    assert (plain @ plain.T).min() > 0.9
+
+
+def test_global_projection_shapes_gradients_and_seeding():
+    proj = GlobalProjection(6, 4)
+    x = torch.rand(5, 6, requires_grad=True)
+    proj(x).square().sum().backward()
+    assert x.grad is not None and proj.linear.weight.grad.abs().sum() > 0
+    assert proj.linear.bias is None
+    a = GlobalProjection(4, generator=torch.Generator().manual_seed(7)).state_dict()
+    b = GlobalProjection(4, generator=torch.Generator().manual_seed(7)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert GlobalProjection(3).out_features == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "name"), [((0,), "in_features"), ((3, 0), "out_features"), ((2.5,), "in_features")]
+)
+def test_global_projection_rejects_bad_sizes_naming_them(args, name):
+    with pytest.raises(ValueError, match=name):
+        GlobalProjection(*args)
+
+
+def test_global_projection_rejects_a_wrongly_shaped_input():
+    with pytest.raises(ValueError, match="expected"):
+        GlobalProjection(4)(torch.rand(3, 5))

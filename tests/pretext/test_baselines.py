@@ -56,6 +56,7 @@ def _config(method, **over):
         "inpainting_adversarial": 0.0,
         "log_every": 1,
         "compile": False,
+        "out": "unused",
     }
     base.update(over)
     return base

@@ -6,12 +6,7 @@ section IV-A.2) and METHOD.md (f) otherwise (momentum 0.9, weight decay 5e-4).
 
 from __future__ import annotations
 
-from histodrl.commands.common import (
-    EncoderOptions,
-    RunOptions,
-    label_fraction_option,
-    source_kind,
-)
+from histodrl.commands.common import EncoderOptions, RunOptions, label_fraction_option
 from histodrl.commands.options import (
     at_least,
     greater,
@@ -25,9 +20,10 @@ from histodrl.errors import UserInputError
 DEFAULT_EPOCHS = 100.0
 """Training length in passes over the full training set's image count (see ``--epochs``)."""
 
-DEFAULT_MIN_OBJECT_AREA = {"glas": 100}
-"""``--min-object-area`` of each data kind: METHOD.md's GLaS post-processing removes objects under
-100 px."""
+DEFAULT_SPLIT_SEED = 0
+DEFAULT_TEST_FRACTION = 0.2
+"""Split defaults of ``masks:`` and ``monuseg:`` sources, the same as pretraining's (so that the
+held-out images are the same ones; :mod:`histodrl.data.labelled`)."""
 
 _TRAIN = "training"
 _EVAL = "inference and evaluation"
@@ -39,6 +35,21 @@ class SegmentOptions(RunOptions, EncoderOptions):
         help="glas:DIR (train, testA, testB), masks:DIR or monuseg:DIR", group="labels"
     )
     label_fraction: float = label_fraction_option()
+    split_seed: int = option(
+        DEFAULT_SPLIT_SEED,
+        help="masks, monuseg: seed of the train / test split when the folder has no test/ "
+        "folder; keep it fixed across runs on one source (and equal to pretraining's) and vary "
+        "--seed (GLaS: its official split)",
+        check=at_least(0),
+        group="labels",
+    )
+    test_fraction: float = option(
+        DEFAULT_TEST_FRACTION,
+        help="masks, monuseg: share of the images held out for test when the folder has no "
+        "test/ folder (GLaS: its official split)",
+        check=within(0, 1, low_open=True, high_open=True),
+        group="labels",
+    )
     epochs: float | None = option(
         None,
         help="length in epochs of the FULL training set: EPOCHS x (n_train // batch) steps "
@@ -78,7 +89,8 @@ class SegmentOptions(RunOptions, EncoderOptions):
     )
     min_object_area: int | None = option(
         None,
-        help="remove objects under this area in px (default: the source's, 100 for GLaS)",
+        help="remove objects under this area in px (default: the source's: 100 for GLaS, 30 "
+        "for MoNuSeg nuclei, derived from the training objects for masks)",
         check=at_least(0),
         group=_EVAL,
     )
@@ -88,15 +100,17 @@ class SegmentOptions(RunOptions, EncoderOptions):
     tile_batch: int = option(8, help="tiles per inference batch", check=at_least(1), group=_EVAL)
     figures: int = option(4, help="overlay figures in the report", check=at_least(0), group=_EVAL)
 
-    def resolved(self) -> SegmentOptions:
+    def resolved(self, min_object_area: int | None = None) -> SegmentOptions:
         """The options with the defaults that depend on others filled in: ``epochs`` (unless
-        ``--max-steps`` alone sets the length) and the data kind's ``min_object_area``."""
+        ``--max-steps`` alone sets the length) and, when ``--min-object-area`` was not given,
+        ``min_object_area`` (the source's default,
+        :attr:`histodrl.data.labelled.SegmentationSource.min_object_area`: only the data knows
+        it)."""
         changes: dict[str, object] = {}
         if self.epochs is None and self.max_steps is None:
             changes["epochs"] = DEFAULT_EPOCHS
-        kind = source_kind(self.data)
-        if self.min_object_area is None and kind in DEFAULT_MIN_OBJECT_AREA:
-            changes["min_object_area"] = DEFAULT_MIN_OBJECT_AREA[kind]
+        if self.min_object_area is None and min_object_area is not None:
+            changes["min_object_area"] = int(min_object_area)
         return with_values(self, **changes) if changes else self
 
     def check_options(self) -> None:

@@ -1,11 +1,13 @@
-"""The training data of ``histodrl segment``: which GLaS images, their random windows, the augmentation.
+"""The training data of ``histodrl segment``: which images, their random windows, the augmentation.
 
-* :func:`glas_root` and :data:`TEST_PARTS`: the GLaS folder of a ``glas:DIR`` source and the parts
-  that are scored, never trained on.
-* :func:`training_images`: the seeded ``--label-fraction`` subset of the training images (stratified
-  by benign / malignant grade when ``Grade.csv`` is present), listed in ``RUN/train_images.txt``.
+* :data:`TRAIN_IMAGES_FILE`, :data:`SPLITS_FILE`: the run's lists of the images trained on (the
+  label-fraction subset) and of every split of the source
+  (:meth:`histodrl.data.labelled.SegmentationSource.split_lists`).
+* :func:`training_images`: the seeded ``--label-fraction`` subset of the training split (stratified
+  by benign / malignant grade when the records have grades, as GLaS's ``Grade.csv`` gives),
+  listed in ``RUN/train_images.txt``.
 * :class:`SegmentationCrops`: each item a random ``1.25 crop`` square window of one image with its
-  gland (and DCAN contour) targets, a function of ``(seed, epoch, item)`` only.
+  object (and DCAN contour) targets, a function of ``(seed, epoch, item)`` only.
 * :func:`augment_batch`: on the device, a random flip / 90° turn, a random resized crop (area 50-100 %
   of the window, aspect 3/4-4/3, resized to ``crop``: a scale jitter of about 0.8-1.1x around the
   native resolution, which inference uses) and colour jitter (image only). Labels go through the
@@ -34,10 +36,9 @@ from histodrl.data.augment import (
 )
 from histodrl.data.crops import item_rng, random_crop_box
 from histodrl.downstream.glands import contour_target
-from histodrl.errors import UserInputError
 
 TRAIN_IMAGES_FILE = "train_images.txt"
-TEST_PARTS = ("testA", "testB")
+SPLITS_FILE = "splits.json"
 
 WINDOW_FACTOR = 1.25
 """Side of the window cut from an image, as a multiple of ``--crop``, before the resized crop."""
@@ -47,27 +48,22 @@ CROP_RATIO = (3 / 4, 4 / 3)
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.04}
 
 
-def glas_root(data: str) -> str:
-    """The folder of a ``glas:DIR`` source (other kinds are an error)."""
-    from histodrl.data.sources import parse_source
+def training_images(train: Any, fraction: float, seed: int) -> np.ndarray:
+    """Indices of the label-fraction subset of the training images (stratified by grade if known).
 
-    kind, path = parse_source(data)
-    if kind != "glas":
-        raise UserInputError(
-            f"{data}: expected a glas:DIR source (histodrl segment trains on GLaS)"
-        )
-    return path
-
-
-def training_images(glas: Any, fraction: float, seed: int) -> np.ndarray:
-    """Indices of the label-fraction subset of the training images (stratified by grade if known)."""
+    Args:
+        train: the training split, a dataset with ``records`` (``record.grade``: GLaS's benign /
+            malignant, ``None`` when unknown; then the subset is not stratified).
+        fraction: ``--label-fraction``.
+        seed: the training ``--seed``.
+    """
     from histodrl.downstream.subsets import subset_indices
 
-    grades = [r.grade for r in glas.records]
+    grades = [r.grade for r in train.records]
     labels = (
         None if any(g is None for g in grades) else np.array([g == "malignant" for g in grades])
     )
-    return subset_indices(len(glas), fraction, seed, labels=labels)
+    return subset_indices(len(train), fraction, seed, labels=labels)
 
 
 def window_side(crop: int) -> int:
@@ -76,7 +72,7 @@ def window_side(crop: int) -> int:
 
 
 class SegmentationCrops(Dataset):
-    """Random square windows of GLaS training images with their gland (and contour) targets.
+    """Random square windows of training images with their object (and contour) targets.
 
     Item ``k`` may carry its epoch (``k = epoch * len(self) + i``, as
     :class:`~histodrl.runs.sampling.StepBatchSampler` emits with ``epoch_indices=True``):
@@ -86,7 +82,8 @@ class SegmentationCrops(Dataset):
     image appears several times per epoch (so that a batch of 2 can be drawn from one image).
 
     Args:
-        glas: a :class:`histodrl.data.glas.GlasDataset` (items with ``image`` and ``label``).
+        glas: the training split (items with ``image`` and ``label``, as
+            :class:`histodrl.data.glas.GlasDataset`'s).
         images: indices into ``glas`` of the images to use (the label-fraction subset).
         window: side of the square window (images smaller than it are reflect-padded, labels too).
         seed: seed of the window positions.
@@ -95,7 +92,7 @@ class SegmentationCrops(Dataset):
 
     Shape:
         item ``"image"``: uint8 (3, window, window); ``"target"``: uint8 (K, window, window), K = 1
-        (gland) or 2 (gland, contour), values 0/1.
+        (object) or 2 (object, contour), values 0/1.
     """
 
     def __init__(
@@ -128,7 +125,7 @@ class SegmentationCrops(Dataset):
         height, width = label.shape
         pad = ((0, max(0, self.window - height)), (0, max(0, self.window - width)))
         if pad[0][1] or pad[1][1]:
-            # Mirrored glands are still glands, so the labels are padded the same way.
+            # Mirrored objects are still objects, so the labels are padded the same way.
             image = np.pad(image, (*pad, (0, 0)), mode="reflect")
             label = np.pad(label, pad, mode="reflect")
             height, width = label.shape

@@ -1,19 +1,26 @@
-"""Inference and scoring of ``histodrl segment``: whole test images to gland instances to GLaS metrics.
+"""Inference and scoring of ``histodrl segment``: whole test images to instances to scores.
 
 :func:`predict_probabilities` segments a whole image of any size with overlapping ``crop`` tiles
 blended with a Gaussian weight (:func:`~histodrl.downstream.sliding.sliding_window_logits`), then a
-sigmoid. :func:`evaluate_glas_tests` turns the probabilities into instances
-(:func:`~histodrl.downstream.glands.instances_from_probabilities`: gland > threshold (and, with a
+sigmoid. :func:`evaluate_source` (:func:`evaluate_parts`) turns the probabilities into instances
+(:func:`~histodrl.downstream.glands.instances_from_probabilities`: object > threshold (and, with a
 contour channel, contour <= threshold before the connected components, the contour band then given
-back to the nearest gland), holes filled, 8-connected components, objects under
+back to the nearest object), holes filled, 8-connected components, objects under
 ``--min-object-area`` px removed), writes them with :func:`write_label_png` to
-``RUN/predictions/<name>.png`` and scores them with the GLaS object metrics, pooled (challenge
-definition) and per-image mean, for test A and test B separately.
+``RUN/predictions/<name>.png`` and scores each test part of the source separately (GLaS: test A
+and test B) with
+
+* the GLaS object metrics (object F1, object Dice, object Hausdorff;
+  :mod:`histodrl.metrics.glas`), pooled (the challenge definition: the objects of all images of a
+  part form one set) and per-image mean;
+* the pixel Dice (``pixel_dice``) of foreground against background, ``2 |P & G| / (|P| + |G|)``:
+  pooled over all pixels of the part, and the mean of the per-image values. An image (or a part)
+  with neither predicted nor true foreground scores 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from histodrl.commands.segment import DEFAULT_MIN_OBJECT_AREA, SegmentOptions
+from histodrl.commands.segment import SegmentOptions
 from histodrl.data.augment import normalize, to_float
 from histodrl.downstream.glands import instances_from_probabilities
-from histodrl.downstream.segment_data import TEST_PARTS
 from histodrl.downstream.sliding import sliding_window_logits
 from histodrl.io import atomic_path
 from histodrl.runs.trainer import autocast_for
@@ -58,7 +64,7 @@ def predict_probabilities(
         precision: Lightning precision name, for autocast.
 
     Returns:
-        float32 probabilities. Shape: (K, H, W), channel 0 gland (1 contour).
+        float32 probabilities. Shape: (K, H, W), channel 0 object (1 contour).
     """
     device = next(model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(device)
@@ -100,13 +106,18 @@ class TestImage:
     prediction: np.ndarray
 
 
-def figure_names(names: Sequence[str], count: int) -> list[str]:
-    """The test images shown in the report: the first ones of each part, alternating A and B.
+def figure_names(parts: Mapping[str, Sequence[str]], count: int) -> list[str]:
+    """The test images shown in the report: the first ones of each part, taken in turn.
 
-    Returns up to ``count`` names, taken in turn from test A and test B (natural order within a
-    part), the other part filling in when one runs out.
+    Args:
+        parts: ``{part: image names}`` in the parts' order (GLaS: test A, test B).
+        count: how many names at most.
+
+    Returns:
+        up to ``count`` names, the first of each part, then the second of each, ... (the other
+        parts filling in when one runs out).
     """
-    by_part = [[n for n in names if n.startswith(f"{part}_")] for part in TEST_PARTS]
+    by_part = [list(names) for names in parts.values()]
     chosen: list[str] = []
     for k in range(max((len(p) for p in by_part), default=0)):
         for part in by_part:
@@ -115,80 +126,126 @@ def figure_names(names: Sequence[str], count: int) -> list[str]:
     return chosen
 
 
-def evaluate_glas_tests(
+@dataclass
+class PixelTerms:
+    """Foreground pixel counts of one image: predicted ∩ true, predicted, true."""
+
+    overlap: int
+    predicted: int
+    true: int
+
+    @property
+    def dice(self) -> float:
+        total = self.predicted + self.true
+        return 1.0 if total == 0 else 2.0 * self.overlap / total
+
+
+def pixel_terms(prediction: np.ndarray, truth: np.ndarray) -> PixelTerms:
+    """Foreground (label > 0) pixel counts of a predicted and a true label map of one image."""
+    p, g = prediction > 0, truth > 0
+    return PixelTerms(
+        int(np.count_nonzero(p & g)), int(np.count_nonzero(p)), int(np.count_nonzero(g))
+    )
+
+
+def pixel_dice(terms: Sequence[PixelTerms], aggregate: str) -> float:
+    """Pixel Dice of a part: ``"pooled"`` over all its pixels, or the ``"mean"`` of its images'."""
+    if aggregate == "mean":
+        return float(np.mean([t.dice for t in terms]))
+    pooled = PixelTerms(
+        sum(t.overlap for t in terms), sum(t.predicted for t in terms), sum(t.true for t in terms)
+    )
+    return pooled.dice
+
+
+def evaluate_parts(
     model: nn.Module,
-    root: str | Path,
+    tests: Mapping[str, Any],
     options: SegmentOptions,
+    min_object_area: int,
     predictions_dir: Path | None = None,
     keep: int = 0,
 ) -> tuple[dict[str, dict[str, Any]], list[TestImage]]:
-    """Segment every test A / test B image of a GLaS folder and score the instances per part.
+    """Segment every image of each test part and score its instances, part by part.
 
     Args:
         model: the U-Net in eval mode on its device.
-        root: the GLaS folder.
+        tests: ``{part: dataset}`` (items with ``image``, ``label``, ``name``; datasets with
+            ``records``), e.g. :attr:`histodrl.data.labelled.SegmentationSource.tests`.
         options: the run's options; used: ``crop``, ``overlap``, ``tile_batch``, ``precision``,
-            ``threshold``, ``min_object_area`` (``None``: GLaS's 100), ``contour``,
-            ``contour_width``.
+            ``threshold``, ``contour``, ``contour_width``.
+        min_object_area: objects under this many pixels are removed.
         predictions_dir: where to write ``<name>.png`` instance maps (``None``: not written).
         keep: how many images to return for figures (:func:`figure_names`).
 
     Returns:
-        ``(metrics, kept)``: ``metrics[part]`` is ``{"pooled": {"f1", "dice", "hausdorff"},
-        "mean": {...}, "n_images", "n_empty_pred", "n_empty_gt"}`` for each part present;
-        ``kept`` the images chosen for figures.
-
-    Raises:
-        UserInputError: the folder has no test A or test B images (or a bad file).
+        ``(metrics, kept)``: ``metrics[part]`` is ``{"pooled": {"f1", "dice", "hausdorff",
+        "pixel_dice"}, "mean": {...}, "n_images", "n_empty_pred", "n_empty_gt"}`` for each part
+        with images; ``kept`` the images chosen for figures, in the order they were segmented.
     """
-    from histodrl.data.glas import GlasDataset
     from histodrl.metrics.glas import aggregate_terms, image_terms
 
-    min_area = options.min_object_area
-    if min_area is None:
-        min_area = DEFAULT_MIN_OBJECT_AREA["glas"]
-    tests = GlasDataset(root, parts=TEST_PARTS)
-    shown = set(figure_names([r.name for r in tests.records], keep))
-    terms: dict[str, list[Any]] = {part: [] for part in TEST_PARTS}
-    empty: dict[str, list[int]] = {part: [0, 0] for part in TEST_PARTS}
+    names = {part: [r.name for r in dataset.records] for part, dataset in tests.items()}
+    shown = set(figure_names(names, keep))
     kept: list[TestImage] = []
-    for index in range(len(tests)):
-        item = tests[index]
-        prob = predict_probabilities(
-            model,
-            item["image"],
-            crop=options.crop,
-            overlap=options.overlap,
-            tile_batch=options.tile_batch,
-            precision=options.precision,
-        )
-        labels = instances_from_probabilities(
-            prob[0],
-            prob[1] if options.contour else None,
-            threshold=options.threshold,
-            min_area=min_area,
-            contour_width=options.contour_width,
-        )
-        if predictions_dir is not None:
-            write_label_png(predictions_dir / f"{item['name']}.png", labels)
-        part = item["part"]
-        terms[part].append(image_terms(labels, item["label"]))
-        empty[part][0] += not labels.any()
-        empty[part][1] += not item["label"].any()
-        if item["name"] in shown:
-            kept.append(TestImage(item["name"], item["image"], item["label"], labels))
     metrics: dict[str, dict[str, Any]] = {}
-    for part in TEST_PARTS:
-        if not terms[part]:
+    for part, dataset in tests.items():
+        terms: list[Any] = []
+        pixels: list[PixelTerms] = []
+        empty_pred = empty_gt = 0
+        for index in range(len(dataset)):
+            item = dataset[index]
+            prob = predict_probabilities(
+                model,
+                item["image"],
+                crop=options.crop,
+                overlap=options.overlap,
+                tile_batch=options.tile_batch,
+                precision=options.precision,
+            )
+            labels = instances_from_probabilities(
+                prob[0],
+                prob[1] if options.contour else None,
+                threshold=options.threshold,
+                min_area=min_object_area,
+                contour_width=options.contour_width,
+            )
+            if predictions_dir is not None:
+                write_label_png(predictions_dir / f"{item['name']}.png", labels)
+            terms.append(image_terms(labels, item["label"]))
+            pixels.append(pixel_terms(labels, item["label"]))
+            empty_pred += not labels.any()
+            empty_gt += not item["label"].any()
+            if item["name"] in shown:
+                kept.append(TestImage(item["name"], item["image"], item["label"], labels))
+        if not terms:
             continue
         scores = {}
         for aggregate in ("pooled", "mean"):
-            values = aggregate_terms(terms[part], aggregate=aggregate)
+            values = aggregate_terms(terms, aggregate=aggregate)
             scores[aggregate] = {k: float(values[k]) for k in ("f1", "dice", "hausdorff")}
+            scores[aggregate]["pixel_dice"] = pixel_dice(pixels, aggregate)
         metrics[part] = {
             **scores,
-            "n_images": len(terms[part]),
-            "n_empty_pred": empty[part][0],
-            "n_empty_gt": empty[part][1],
+            "n_images": len(terms),
+            "n_empty_pred": empty_pred,
+            "n_empty_gt": empty_gt,
         }
     return metrics, kept
+
+
+def evaluate_source(
+    model: nn.Module,
+    source: Any,
+    options: SegmentOptions,
+    predictions_dir: Path | None = None,
+    keep: int = 0,
+) -> tuple[dict[str, dict[str, Any]], list[TestImage]]:
+    """:func:`evaluate_parts` on the test parts of a
+    :class:`~histodrl.data.labelled.SegmentationSource`, removing objects under
+    ``options.min_object_area`` px (``None``: the source's default).
+    """
+    min_area = options.min_object_area
+    if min_area is None:
+        min_area = source.min_object_area
+    return evaluate_parts(model, source.tests, options, min_area, predictions_dir, keep)

@@ -14,7 +14,6 @@ GPU). ``--minutes`` scales every step budget; the default of 10 fits a 2-core la
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import sys
@@ -24,15 +23,20 @@ from typing import Any
 
 from histodrl.errors import UserInputError
 from histodrl.io import atomic_path, atomic_write_text
+from histodrl.runs.layout import METRICS_CSV
+from histodrl.runs.lifecycle import Launch
 
 MARKER = ".histodrl-demo"
 
 # Step budgets at --minutes 10, measured on a 2-core CPU (see the README's demo timing).
-WIDTH = "0.25"
-CROP = "96"
+WIDTH = 0.25
+CROP = 96
 PRETRAIN_STEPS = 900
 SEGMENT_STEPS = 450
-LABEL_FRACTION = "0.5"
+LABEL_FRACTION = 0.5
+# The generated data set: images per part, and their size in px (width, height).
+N_TRAIN, N_TEST_A, N_TEST_B = 16, 6, 4
+IMAGE_SIZE = (256, 192)
 
 
 def _stage(number: int, total: int, text: str) -> float:
@@ -59,75 +63,60 @@ def _prepare_out(out: Path) -> None:
     (out / MARKER).write_text("written by histodrl demo; replaced by the next demo run\n")
 
 
-def _run(args: list[str]) -> None:
-    from histodrl.cli import main
-
-    status = main(args)
-    if status != 0:
-        raise UserInputError(f"histodrl {' '.join(args[:1])} failed with status {status}")
-
-
 def run_demo(out: Path, minutes: float = 10.0) -> int:
-    """Run the demo into ``out`` within about ``minutes``; returns the exit status."""
+    """Run the demo into ``out`` within about ``minutes``; returns the exit status.
+
+    Each stage calls the library (the functions behind ``histodrl synth glas``, ``pretrain``,
+    ``segment`` and ``deform-preview``); a stage's :class:`UserInputError` ends the demo as it is.
+    """
+    from histodrl.commands.pretrain import PretrainOptions
+    from histodrl.commands.segment import SegmentOptions
+    from histodrl.data.synth_glas import make_glas
+    from histodrl.downstream.segment import run_segment
+    from histodrl.experiments.preview import deform_preview
+    from histodrl.pretext.task import run_pretrain
+
     if minutes <= 0:
         raise UserInputError(f"--minutes {minutes}: expected a positive number")
     out = Path(out)
     scale = minutes / 10.0
     pretrain_steps = max(10, round(PRETRAIN_STEPS * scale))
     segment_steps = max(10, round(SEGMENT_STEPS * scale))
-    workers = str(min(2, os.cpu_count() or 1))
+    workers = min(2, os.cpu_count() or 1)
     began = time.monotonic()
     _prepare_out(out)
     total = 5
 
     t = _stage(1, total, "generating a GLaS-format data set (synth glas)")
-    data = out / "data" / "glas"
-    _run(
-        [
-            "synth",
-            "glas",
-            str(data),
-            "--n-train",
-            "16",
-            "--n-test-a",
-            "6",
-            "--n-test-b",
-            "4",
-            "--size",
-            "256x192",
-            "--seed",
-            "0",
-        ]
+    data = make_glas(
+        out / "data" / "glas",
+        n_train=N_TRAIN,
+        n_test_a=N_TEST_A,
+        n_test_b=N_TEST_B,
+        size=IMAGE_SIZE,
+        seed=0,
     )
+    what = f"{N_TRAIN} train, {N_TEST_A} testA, {N_TEST_B} testB images"
+    print(f"histodrl: wrote synthetic glas ({what}) to {data}", flush=True)
     _done(t)
 
     t = _stage(
         2, total, f"pretraining DRL on the unlabeled training images ({pretrain_steps} steps)"
     )
     pretrain = out / "pretrain-drl"
-    common = ["--width", WIDTH, "--crop", CROP, "--num-workers", workers, "--seed", "0"]
-    _run(
-        [
-            "pretrain",
-            "--method",
-            "drl",
-            "--data",
-            f"glas:{data}",
-            "--out",
-            str(pretrain),
-            "--batch-size",
-            "8",
-            "--max-steps",
-            str(pretrain_steps),
-            "--lr",
-            "3e-4",
-            "--lambda",
-            "0.5",
-            "--log-every",
-            "5",
-            *common,
-        ]
+    common: dict[str, Any] = {"width": WIDTH, "crop": CROP, "num_workers": workers, "seed": 0}
+    pretrain_options = PretrainOptions(
+        method="drl",
+        data=f"glas:{data}",
+        out=str(pretrain),
+        batch_size=8,
+        max_steps=pretrain_steps,
+        lr=3e-4,
+        lambda_=0.5,
+        log_every=5,
+        **common,
     )
+    run_pretrain(pretrain_options, Launch())
     _done(t)
 
     results: dict[str, dict[str, Any]] = {}
@@ -135,39 +124,28 @@ def run_demo(out: Path, minutes: float = 10.0) -> int:
         t = _stage(
             number,
             total,
-            f"segmentation from {name} on {float(LABEL_FRACTION):.0%} of the labels "
+            f"segmentation from {name} on {LABEL_FRACTION:.0%} of the labels "
             f"({segment_steps} steps)",
         )
         run = out / ("segment-drl" if name == "DRL" else "segment-random")
-        _run(
-            [
-                "segment",
-                "--data",
-                f"glas:{data}",
-                "--init",
-                init,
-                "--out",
-                str(run),
-                "--label-fraction",
-                LABEL_FRACTION,
-                "--max-steps",
-                str(segment_steps),
-                "--batch-size",
-                "4",
-                "--min-object-area",
-                "30",
-                "--figures",
-                "2",
-                *common,
-            ]
+        segment_options = SegmentOptions(
+            data=f"glas:{data}",
+            init=init,
+            out=str(run),
+            label_fraction=LABEL_FRACTION,
+            max_steps=segment_steps,
+            batch_size=4,
+            min_object_area=30,
+            figures=2,
+            **common,
         )
-        results[name] = {"run": run, "metrics": json.loads((run / "metrics.json").read_text())}
+        results[name] = {"run": run, "metrics": run_segment(segment_options, Launch())}
         _done(t)
 
     t = _stage(5, total, "writing the report")
     preview = out / "figures" / "deformation.png"
     sample = sorted(data.glob("train_1.bmp"))[0]
-    _run(["deform-preview", str(sample), "--out", str(preview), "--size", "192"])
+    print(f"histodrl: {deform_preview(sample, preview, size=192)}", flush=True)
     curves = _loss_curves(pretrain, out / "figures" / "pretraining_losses.png")
     table = _metric_table(results)
     minutes_taken = (time.monotonic() - began) / 60
@@ -205,7 +183,7 @@ def _metric_table(results: dict[str, dict[str, Any]]) -> str:
 
 def _loss_curves(run: Path, png: Path) -> Path | None:
     """Plot the logged pretraining losses (L_LSH, L_GCH, prior) against the step."""
-    path = run / "metrics.csv"
+    path = run / METRICS_CSV
     if not path.is_file():
         return None
     import matplotlib
@@ -265,9 +243,10 @@ def _report(
     lines = [
         "# histodrl demo",
         "",
-        "Generated GLaS-format data (16 training, 6 test A, 4 test B images of 256×192), a "
-        f"quarter-width VGG-19-BN, {CROP} px crops. DRL was pretrained on the training images "
-        f"without labels, then U-Nets were fine-tuned on {float(LABEL_FRACTION):.0%} of the "
+        f"Generated GLaS-format data ({N_TRAIN} training, {N_TEST_A} test A, {N_TEST_B} test B "
+        f"images of {IMAGE_SIZE[0]}×{IMAGE_SIZE[1]}), a quarter-width VGG-19-BN, {CROP} px crops. "
+        "DRL was pretrained on the training images "
+        f"without labels, then U-Nets were fine-tuned on {LABEL_FRACTION:.0%} of the "
         "labelled training images from the DRL encoder and from random initialisation, and "
         "scored with the GLaS object metrics (pooled over each test part).",
         "",

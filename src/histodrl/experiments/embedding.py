@@ -82,27 +82,26 @@ def global_descriptors(
     from histodrl.data.augment import to_float
     from histodrl.deform import elastic_deform, paper_sigma_alpha
 
-    config = module.config
+    o = module.options
     x = to_float(images)
     n = x.shape[0]
-    size = int(config.get("deform_size") or min(x.shape[-2:]))
-    lo, hi = config["sigma_range"]
+    size = int(o.deform_size or min(x.shape[-2:]))
+    lo, hi = o.sigma_range
     sigma, alpha = paper_sigma_alpha(
         size,
         n,
         generator=generator,
         sigma_range=(float(lo), float(hi)),
-        alpha_factor=float(config["alpha_factor"]),
+        alpha_factor=o.alpha_factor,
         device=x.device,
     )
     x_hat, _ = elastic_deform(x, sigma, alpha, generator=generator)
     module.eval()
     tap = module.tap
     maps = module.encoder.forward_taps(module.prepare(torch.cat([x, x_hat])), [tap])[tap]
-    fem = getattr(module, "fem", None)
-    if fem is not None:
-        maps = fem(maps)
-    g_both = F.normalize(maps.float().mean(dim=(2, 3)), dim=1).cpu()
+    # F_G as in training: L2norm of the global vector h (DRL's pre-activation FEM output).
+    _, h = module.context_and_global(maps)
+    g_both = F.normalize(h.float(), dim=1).cpu()
     return g_both[:n], g_both[n:]
 
 

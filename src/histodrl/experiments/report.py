@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from histodrl.experiments import paper_numbers as paper
-from histodrl.experiments.reproduce import Job, Record, Settings
+from histodrl.experiments.jobs import Job, Record, Settings
 from histodrl.experiments.stats import (
     Summary,
     WelchTest,
@@ -676,7 +676,7 @@ def write_report(
         exp: the experiment.
         settings: the reproduction's settings.
         jobs: its runs (finished or not).
-        records: the values of its finished runs (:func:`histodrl.experiments.reproduce.job_records`).
+        records: the values of its finished runs (:func:`histodrl.experiments.jobs.job_records`).
         data: one description per data set used.
 
     Returns:

@@ -18,10 +18,11 @@ where it stopped and a larger ``--seeds`` only adds seeds. An unfinished run fol
 with ``--resume`` when it holds ``checkpoints/last.ckpt`` and replaced with ``--overwrite``
 otherwise. Seed k drives the pretraining, the fine-tuning and the label subset of its runs.
 
-Every run is an ordinary ``histodrl`` command, called in this process through
-:func:`histodrl.cli.main`; each runs on one device (for multi-GPU pretraining run ``histodrl
-pretrain --devices N --out OUT/<name>/runs/<variant>/seed<k>/pretrain-<data> ...`` by hand: the
-reproduction then reuses it).
+Every run is an ordinary ``histodrl`` run: the plan builds the command's options object
+(:class:`~histodrl.commands.pretrain.PretrainOptions`, ...) and :func:`run_command` calls the
+command's run function in this process (:func:`histodrl.pretext.task.run_pretrain`, ...); each runs
+on one device (for multi-GPU pretraining run ``histodrl pretrain --devices N --out
+OUT/<name>/runs/<variant>/seed<k>/pretrain-<data> ...`` by hand: the reproduction then reuses it).
 """
 
 from __future__ import annotations
@@ -29,151 +30,112 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from histodrl.commands.classify import ClassifyOptions, ProbeOptions
+from histodrl.commands.options import with_values
+from histodrl.commands.pretrain import PretrainOptions
+from histodrl.commands.segment import SegmentOptions
 from histodrl.errors import UserInputError
+from histodrl.experiments.jobs import Job, Record, Settings, action, job_records
+from histodrl.experiments.report import write_report
 from histodrl.experiments.tables import (
     EXEMPLAR_CLASSES,
     EXPERIMENT_NAMES,
     PROBE_BLOCKS,
     SCALES,
     Experiment,
-    Scale,
     Task,
     Variant,
     experiment,
-    pretrain_options,
+    pretrain_values,
 )
 from histodrl.io import atomic_write_text
+from histodrl.runs.layout import ENCODER_FILE, read_run_config
+from histodrl.runs.lifecycle import Launch
+
+__all__ = [
+    "Job",
+    "Record",
+    "Runner",
+    "Settings",
+    "action",
+    "expand_names",
+    "job_records",
+    "plan",
+    "reproduce",
+    "run_command",
+    "run_job",
+    "run_jobs",
+]
 
 RUNS_DIR = "runs"
 LOGS_DIR = "logs"
 PLAN_FILE = "reproduce.json"
-ENCODER_FILE = "encoder.safetensors"
-METRICS_FILE = "metrics.json"
 
-Runner = Callable[[list[str]], int]
+#: Runs one job: ``runner(command, options, launch)``, ``command`` one of ``pretrain``,
+#: ``segment``, ``classify``, ``probe`` and ``options`` that command's options object.
+Runner = Callable[[str, Any, Launch], Any]
 
-
-def cli_runner(argv: list[str]) -> int:
-    """Run one ``histodrl`` command in this process; returns its exit status."""
-    from histodrl.cli import main
-
-    return main(argv)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What every run of a reproduction shares.
-
-    Attributes:
-        out: the ``--out`` folder (experiments write ``out/<name>/``).
-        scale: the :class:`Scale`.
-        seeds: number of seeds (seeds ``0 .. seeds-1``).
-        glas: the GLaS folder, or ``None``.
-        pcam: the PCam folder, or ``None``.
-        imagenet: torchvision's ``vgg19_bn`` weight file, or ``None`` (no ImageNet arm).
-        accelerator: ``auto``, ``cpu`` or ``gpu``.
-        num_workers: DataLoader workers of every run (``None``: the scale's choice).
-    """
-
-    out: Path
-    scale: Scale
-    seeds: int
-    glas: str | None = None
-    pcam: str | None = None
-    imagenet: str | None = None
-    accelerator: str = "auto"
-    num_workers: int | None = None
-
-    def data(self, dataset: str) -> str:
-        """``glas:DIR`` or ``pcam:DIR``."""
-        path = self.glas if dataset == "glas" else self.pcam
-        if path is None:
-            raise ValueError(f"no {dataset} folder in the settings")
-        return f"{dataset}:{path}"
-
-    def workers(self) -> list[str]:
-        n = self.num_workers if self.num_workers is not None else self.scale.num_workers
-        return [] if n is None else ["--num-workers", str(n)]
+OPTIONS_CLASSES: dict[str, type] = {
+    "pretrain": PretrainOptions,
+    "segment": SegmentOptions,
+    "classify": ClassifyOptions,
+    "probe": ProbeOptions,
+}
 
 
-@dataclass(frozen=True)
-class Job:
-    """One run of a reproduction.
+def run_command(command: str, options: Any, launch: Launch) -> Any:
+    """Run one command's run function in this process (what ``histodrl COMMAND`` runs)."""
+    if command == "pretrain":
+        from histodrl.pretext.task import run_pretrain
 
-    Attributes:
-        variant: the arm's :class:`Variant`.
-        seed: the seed.
-        kind: ``pretrain``, ``segment``, ``classify``, ``probe`` or ``embed``.
-        dataset: ``glas`` or ``pcam``.
-        folder: the run folder.
-        argv: the ``histodrl`` command line (without ``--resume`` / ``--overwrite``), or ``None``
-            for an ``embed`` job.
-        call: what an ``embed`` job runs, else ``None``.
-        task: the downstream :class:`Task` (``None`` for pretraining).
-        resumable: the command takes ``--resume``.
-    """
+        return run_pretrain(options, launch)
+    if command == "segment":
+        from histodrl.downstream.segment import run_segment
 
-    variant: Variant
-    seed: int
-    kind: str
-    dataset: str
-    folder: Path
-    argv: tuple[str, ...] | None
-    call: Callable[[], Any] | None = None
-    task: Task | None = None
-    resumable: bool = True
+        return run_segment(options, launch)
+    if command == "classify":
+        from histodrl.downstream.classify import run_classify
 
-    @property
-    def artefact(self) -> Path:
-        """The file whose existence means the run is finished."""
-        return self.folder / (ENCODER_FILE if self.kind == "pretrain" else METRICS_FILE)
+        return run_classify(options, launch)
+    if command == "probe":
+        from histodrl.downstream.probe import run_probe
 
-    @property
-    def finished(self) -> bool:
-        return self.artefact.is_file()
-
-    @property
-    def log_name(self) -> str:
-        return f"{self.variant.key}-seed{self.seed}-{self.folder.name}.log"
-
-    def describe(self) -> str:
-        """One line: what the run is."""
-        what = {
-            "pretrain": f"pretrain {self.variant.describe()} on {self.dataset}",
-            "segment": "segment GLaS",
-            "classify": f"classify PCam, label fraction {self.task.fraction:g}"
-            if self.task
-            else "",
-            "probe": f"probe PCam blocks {','.join(PROBE_BLOCKS)}",
-            "embed": "embed GLaS test crops and their deformations",
-        }[self.kind]
-        return f"{self.variant.key} seed {self.seed}: {what}"
-
-
-def action(job: Job) -> str:
-    """What running ``job`` means now: ``reuse``, ``resume``, ``overwrite`` or ``run``.
-
-    ``reuse`` when the artefact exists; ``resume`` when the folder holds ``checkpoints/last.ckpt``
-    and the command can resume; ``overwrite`` when the folder holds anything else; ``run`` when it is
-    absent or empty.
-    """
-    if job.finished:
-        return "reuse"
-    if job.resumable and (job.folder / "checkpoints" / "last.ckpt").is_file():
-        return "resume"
-    if job.folder.is_dir() and any(job.folder.iterdir()):
-        return "overwrite"
-    return "run"
+        return run_probe(options, launch)
+    raise ValueError(f"{command}: not a command the reproduction runs")
 
 
 # ------------------------------------------------------------------------------------------------
 # Planning: the jobs of an experiment
 # ------------------------------------------------------------------------------------------------
+
+
+def _command_job(
+    variant: Variant,
+    seed: int,
+    kind: str,
+    dataset: str,
+    folder: Path,
+    values: Mapping[str, Any],
+    task: Task | None = None,
+) -> Job:
+    """A job that runs command ``kind`` with ``values`` (the rest: the command's defaults)."""
+    options = OPTIONS_CLASSES[kind](**values)
+    return Job(
+        variant,
+        seed,
+        kind,
+        dataset,
+        folder,
+        options=options,
+        given=frozenset(values),
+        task=task,
+        resumable=kind != "probe",
+    )
 
 
 def _exemplar_classes(settings: Settings, dataset: str, crop: int, seed: int) -> int:
@@ -189,18 +151,16 @@ def _pretrain_job(
 ) -> Job:
     scale = settings.scale
     crop = scale.glas_crop if dataset == "glas" else scale.pcam_crop
-    argv = [
-        "pretrain",
-        *pretrain_options(variant, dataset),
-        *("--data", settings.data(dataset), "--out", str(folder), "--seed", str(seed)),
-        *("--width", f"{scale.width:g}", "--crop", str(crop)),
-        *scale.pretrain,
-        *("--no-progress", "--accelerator", settings.accelerator, *settings.workers()),
-    ]
+    values: dict[str, Any] = {
+        **pretrain_values(variant, dataset),
+        **{"data": settings.data(dataset), "out": str(folder), "seed": seed},
+        **{"width": scale.width, "crop": crop},
+        **dict(scale.pretrain),
+        **{"no_progress": True, "accelerator": settings.accelerator, **settings.workers()},
+    }
     if variant.method == "exemplar" and not (folder / ENCODER_FILE).is_file():
-        classes = _exemplar_classes(settings, dataset, crop, seed)
-        argv += ["--exemplar-classes", str(classes)]
-    return Job(variant, seed, "pretrain", dataset, folder, tuple(argv))
+        values["exemplar_classes"] = _exemplar_classes(settings, dataset, crop, seed)
+    return _command_job(variant, seed, "pretrain", dataset, folder, values)
 
 
 def _init(settings: Settings, variant: Variant, pretrain: Path | None) -> str:
@@ -215,37 +175,7 @@ def _task_job(
     settings: Settings, variant: Variant, seed: int, task: Task, folder: Path, init: str
 ) -> Job:
     scale = settings.scale
-    common = [
-        "--init",
-        init,
-        "--out",
-        str(folder),
-        "--seed",
-        str(seed),
-        "--width",
-        f"{scale.width:g}",
-    ]
-    runtime = ["--no-progress", "--accelerator", settings.accelerator, *settings.workers()]
-    data = settings.data(task.dataset)
-    if task.kind == "segment":
-        argv = [
-            *("segment", "--data", data, *common, "--crop", str(scale.glas_crop)),
-            *("--label-fraction", f"{task.fraction:g}", *scale.segment, *runtime),
-        ]
-    elif task.kind == "classify":
-        argv = [
-            *("classify", "--data", data, *common, "--label-fraction", f"{task.fraction:g}"),
-            *scale.classify,
-            *runtime,
-        ]
-    elif task.kind == "probe":
-        argv = [
-            *("probe", "--data", data, *common, "--blocks", ",".join(PROBE_BLOCKS)),
-            *scale.probe,
-            *("--accelerator", settings.accelerator, *settings.workers()),
-        ]
-        return Job(variant, seed, "probe", "pcam", folder, tuple(argv), task=task, resumable=False)
-    else:
+    if task.kind == "embed":
         from functools import partial
 
         from histodrl.experiments.embedding import embed_run
@@ -259,8 +189,21 @@ def _task_job(
             seed=seed,
             accelerator=settings.accelerator,
         )
-        return Job(variant, seed, "embed", "glas", folder, None, call, task, resumable=False)
-    return Job(variant, seed, task.kind, task.dataset, folder, tuple(argv), task=task)
+        return Job(variant, seed, "embed", "glas", folder, call=call, task=task, resumable=False)
+    values: dict[str, Any] = {
+        "data": settings.data(task.dataset),
+        **{"init": init, "out": str(folder), "seed": seed, "width": scale.width},
+    }
+    runtime: dict[str, Any] = {"accelerator": settings.accelerator, **settings.workers()}
+    if task.kind == "segment":
+        values |= {"crop": scale.glas_crop, "label_fraction": task.fraction}
+        values |= {**dict(scale.segment), "no_progress": True, **runtime}
+    elif task.kind == "classify":
+        values |= {"label_fraction": task.fraction, **dict(scale.classify)}
+        values |= {"no_progress": True, **runtime}
+    else:
+        values |= {"blocks": ",".join(PROBE_BLOCKS), **dict(scale.probe), **runtime}
+    return _command_job(variant, seed, task.kind, task.dataset, folder, values, task)
 
 
 def plan(exp: Experiment, settings: Settings) -> list[Job]:
@@ -271,6 +214,7 @@ def plan(exp: Experiment, settings: Settings) -> list[Job]:
 
     Raises:
         ValueError: two arms give the same run folder.
+        UserInputError: a setting no run accepts (e.g. an unknown ``--accelerator``).
     """
     root = settings.out / exp.name / RUNS_DIR
     jobs: list[Job] = []
@@ -299,35 +243,56 @@ def plan(exp: Experiment, settings: Settings) -> list[Job]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _last_line(path: Path) -> str:
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"
+def resume_options(job: Job) -> Any:
+    """The options a resumed run continues with: its ``config.yaml``'s, with the options the plan
+    sets taken from the plan (what ``histodrl COMMAND --resume`` does with typed options).
+
+    Raises:
+        UserInputError: the folder has no readable ``config.yaml``.
+    """
+    saved, _ = read_run_config(job.folder, type(job.options))
+    return with_values(saved, **{name: getattr(job.options, name) for name in job.given})
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of an error in one line (a DataLoader worker re-raises with a traceback)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    prefix = f"{UserInputError.__module__}.{UserInputError.__name__}: "
+    return lines[-1].removeprefix(prefix)
 
 
 def run_job(job: Job, how: str, runner: Runner, log: Path) -> None:
     """Run ``job`` (``how`` from :func:`action`), its output appended to ``log``.
 
     Raises:
-        UserInputError: the command failed (exit status != 0) or finished without its artefact;
-            the message has the run's last output line and the log's path.
+        UserInputError: the run raised one, or finished without its artefact; the message (one
+            line) names the run folder, the run's own message and the log's path, and the run's
+            error is its cause (``--debug`` shows its traceback).
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {how}: {job.describe()}\n")
         f.flush()
-        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            if job.argv is None:
-                assert job.call is not None
-                job.call()
-                status = 0
-            else:
-                extra = {"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(how, [])
-                status = runner([*job.argv, *extra])
-    if status != 0:
-        raise UserInputError(
-            f"{job.folder}: histodrl {job.kind} failed with status {status} "
-            f"({_last_line(log)}); full output in {log}"
-        )
+        try:
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                if job.options is None:
+                    assert job.call is not None
+                    job.call()
+                else:
+                    resume = how == "resume"
+                    options = resume_options(job) if resume else job.options
+                    runner(job.kind, options, Launch(resume=resume, overwrite=how == "overwrite"))
+        except UserInputError as exc:
+            message = _one_line(exc)
+            f.write(f"histodrl: error: {message}\n")
+            raise UserInputError(
+                f"{job.folder}: {job.kind} failed: {message}; full output in {log}"
+            ) from exc
+        except Exception:
+            f.write(traceback.format_exc())
+            raise
     if not job.finished:
         raise UserInputError(
             f"{job.folder}: {job.kind} ended without {job.artefact.name}; see {log}"
@@ -346,15 +311,15 @@ def run_jobs(
     Args:
         jobs: from :func:`plan`.
         logs: folder of the per-run logs.
-        runner: runs a ``histodrl`` command line and returns its exit status (default:
-            :func:`cli_runner`, looked up when called).
+        runner: runs one command's options (default: :func:`run_command`, looked up when
+            called).
         echo: ``print`` or a replacement.
         dry_run: only print what would be done.
 
     Returns:
         How many jobs took each action (``reuse``, ``resume``, ``overwrite``, ``run``).
     """
-    runner = runner or cli_runner
+    runner = runner or run_command
     counts = {"reuse": 0, "resume": 0, "overwrite": 0, "run": 0}
     width = len(str(len(jobs)))
     for i, job in enumerate(jobs, 1):
@@ -377,63 +342,6 @@ def run_jobs(
             raise
         echo(f" done in {time.monotonic() - start:.1f} s", flush=True)
     return counts
-
-
-# ------------------------------------------------------------------------------------------------
-# Results
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Record:
-    """One value of one finished run (a row of ``runs.csv``).
-
-    ``part`` is ``testA``/``testB`` (segment), the label fraction (classify), the block (probe) or
-    empty (embed). Segmentation values are the GLaS pooled (challenge) scores; accuracies are
-    fractions (reports show percent).
-    """
-
-    experiment: str
-    variant: str
-    label: str
-    seed: int
-    task: str
-    part: str
-    metric: str
-    value: float
-    run: str
-
-
-def job_records(experiment_name: str, job: Job, root: Path | None = None) -> list[Record]:
-    """The values a finished downstream job wrote in its ``metrics.json`` (none for pretraining).
-
-    ``Record.run`` is the run folder relative to ``root`` (the experiment's folder) when given.
-    """
-    if job.kind == "pretrain" or not job.finished:
-        return []
-    metrics = json.loads(job.artefact.read_text())
-    rows: list[tuple[str, str, Any]] = []
-    if job.kind == "segment":
-        for part in ("testA", "testB"):
-            if part in metrics:
-                rows += [(part, m, metrics[part]["pooled"][m]) for m in ("f1", "dice", "hausdorff")]
-    elif job.kind == "classify":
-        part = f"{metrics['label_fraction']:g}"
-        rows += [(part, "accuracy", metrics["test_accuracy"]), (part, "auc", metrics["test_auc"])]
-    elif job.kind == "probe":
-        for block in metrics["blocks"]:
-            rows += [(block["block"], "accuracy", block["test_accuracy"])]
-            rows += [(block["block"], "auc", block["test_auc"])]
-    else:
-        names = ("pair_retrieval_accuracy", "positive_cosine", "negative_cosine")
-        rows += [("", m, metrics[m]) for m in names]
-    v = job.variant
-    run = str(job.folder.relative_to(root) if root is not None else job.folder)
-    return [
-        Record(experiment_name, v.key, v.label, job.seed, job.kind, part, m, float(x), run)
-        for part, m, x in rows
-        if x is not None
-    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -552,7 +460,7 @@ def reproduce(
         num_workers: DataLoader workers of every run (``None``: 0 at smoke scale, each command's
             default at paper scale).
         dry_run: print the plan (what would run, what is reused) and stop.
-        runner: runs one ``histodrl`` command line (default: :func:`cli_runner`).
+        runner: runs one job's command with its options (default: :func:`run_command`).
         echo: prints a line.
 
     Raises:
@@ -560,8 +468,6 @@ def reproduce(
             ImageNet file that does not exist or comes with ``--scale smoke``, an output folder
             made with another scale or data, or a failed run (with its log's path).
     """
-    from histodrl.experiments.report import write_report
-
     if not isinstance(seeds, int) or seeds < 1:
         raise UserInputError(f"--seeds {seeds}: expected an integer >= 1")
     if scale not in SCALES:

@@ -8,12 +8,21 @@ Pretraining data follows the task (paper IV-B): segmentation (and Fig. 5) encode
 GLaS with the GLaS λ = 0.01, classification and probe encoders on PCam with λ = 0.5. A variant that
 has both kinds of task (Table IV) therefore has two pretraining runs, ``pretrain-glas`` and
 ``pretrain-pcam``. The settings of each :class:`Scale` are the options passed to every run.
+
+A variant's options are written as the flags a user would type (``--gch none --no-fem``): that is
+how reports and progress lines name them. :func:`pretrain_values` reads them with the options
+model into the values of :class:`~histodrl.commands.pretrain.PretrainOptions`.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from histodrl.commands import options as om
+from histodrl.commands.pretrain import PretrainOptions
 from histodrl.errors import UserInputError
 from histodrl.experiments.paper_numbers import (
     FIG4B_LAMBDAS,
@@ -37,7 +46,8 @@ class Scale:
         width: channel multiplier of the VGG trunk.
         glas_crop: crop side of GLaS pretraining and segmentation.
         pcam_crop: crop side of PCam pretraining (classification always sees 96 px patches).
-        pretrain, segment, classify, probe: extra options of those commands.
+        pretrain, segment, classify, probe: extra option values of those commands, as
+            ``(field name, value)`` pairs of their options classes.
         num_workers: DataLoader workers (``None``: each command's default).
         fig5_crops: number of test crops embedded for Fig. 5.
         description: one line for the reports.
@@ -47,10 +57,10 @@ class Scale:
     width: float
     glas_crop: int
     pcam_crop: int
-    pretrain: tuple[str, ...]
-    segment: tuple[str, ...]
-    classify: tuple[str, ...]
-    probe: tuple[str, ...]
+    pretrain: tuple[tuple[str, Any], ...]
+    segment: tuple[tuple[str, Any], ...]
+    classify: tuple[tuple[str, Any], ...]
+    probe: tuple[tuple[str, Any], ...]
     num_workers: int | None
     fig5_crops: int
     description: str
@@ -62,13 +72,13 @@ SCALES: dict[str, Scale] = {
         width=0.125,
         glas_crop=64,
         pcam_crop=32,
-        pretrain=("--max-steps", "4", "--log-every", "1"),
-        segment=("--max-steps", "4", "--log-every", "1", "--figures", "0"),
+        pretrain=(("max_steps", 4), ("log_every", 1)),
+        segment=(("max_steps", 4), ("log_every", 1), ("figures", 0)),
         classify=(
-            *("--max-steps", "4", "--min-steps", "1", "--batch-size", "16"),
-            *("--val-every", "4", "--log-every", "1"),
+            *(("max_steps", 4), ("min_steps", 1), ("batch_size", 16)),
+            *(("val_every", 4), ("log_every", 1)),
         ),
-        probe=("--epochs", "3"),
+        probe=(("epochs", 3),),
         num_workers=0,
         fig5_crops=24,
         description=(
@@ -334,6 +344,33 @@ def pretrain_options(variant: Variant, dataset: str) -> list[str]:
     if variant.method == "drl" and dataset == "pcam" and "--lambda" not in variant.options:
         options += ["--lambda", f"{PCAM_LAMBDA:g}"]
     return options
+
+
+class _FlagParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(message)
+
+
+def option_values(cls: type, flags: Sequence[str]) -> dict[str, Any]:
+    """The values that ``flags`` (``["--gch", "none", "--no-fem"]``) give the options of ``cls``,
+    by field name (``{"gch": "none", "no_fem": True}``), read with the parser generated from ``cls``.
+
+    Raises:
+        ValueError: a flag ``cls`` does not have, or a value it does not take.
+    """
+    parser = _FlagParser(add_help=False)
+    om.add_arguments(parser, cls, config=False)
+    try:
+        namespace = parser.parse_args(list(flags))
+    except UserInputError as exc:
+        raise ValueError(f"{' '.join(flags)}: {exc}") from exc
+    return dict(om.typed_from_namespace(cls, namespace).values)
+
+
+def pretrain_values(variant: Variant, dataset: str) -> dict[str, Any]:
+    """:func:`pretrain_options` as values of :class:`~histodrl.commands.pretrain.PretrainOptions`
+    (``{"method": "drl", "lambda_": 0.5}``)."""
+    return option_values(PretrainOptions, pretrain_options(variant, dataset))
 
 
 def tap_resolution(tap: str, crop: int) -> int:

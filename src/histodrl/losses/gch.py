@@ -8,6 +8,11 @@ their elastically deformed copies, ĝ = F_G(x̂) (N, C), through the kernel of e
 K(x_i, x̂_j) = exp(g_i · ĝ_j / τ). The paper has τ = 1 and sums over i (eqs. 8 and 10); the
 default here is the mean over i (design note E11), and ``reduction="sum"`` gives the paper's sum.
 
+The descriptors must be able to point in any direction (METHOD.md (b), "Correction (measured)"):
+pooled from a post-ReLU map they are non-negative, every cosine is ≥ 0, and at τ = 1 the hard loss
+cannot go below log(1 + (N−1)/e) (1.27 for N = 8; chance is log N = 2.08). DRL pools them from the
+FEM's pre-ReLU output (:mod:`histodrl.pretext.drl`).
+
 Multi-GPU: with ``gather_distributed=True`` the negatives come from every process. Notation in the
 comments: n = local batch size, m = n · world_size, c = descriptor size.
 """

@@ -1,9 +1,13 @@
-"""Prior matching: an adversarial term pushing σ(GAP(F(x))) towards a uniform prior (DIM, design E15).
+"""Prior matching: an adversarial term pushing σ(h) towards a uniform prior (DIM, design E15).
 
 - Hjelm et al., "Learning deep representations by mutual information estimation and maximization"
   (DIM), ICLR 2019, https://arxiv.org/abs/1808.06670, section 3.3 and the official code
   (``cortex_DIM/models/prior_matching.py``, ``functions/gan_losses.py``,
   ``functions/gradient_penalty.py``). DRL adds this term "as in [14]" and gives no details.
+
+``h`` is the global vector of the original images, pooled from an output that can be negative (the
+FEM's pre-ReLU output, or a linear projection; METHOD.md (b), "Correction (measured)"). Pooled from a
+post-ReLU map, every coordinate of σ(h) would be ≥ 0.5 and the discriminator would win by that rule.
 
 Unlike the LSH loss this one is a real two-player game: the prior discriminator Dp minimises
 ``prior_discriminator_loss`` (fake = encoder output, detached) in its own optimizer step, and the
@@ -103,7 +107,7 @@ def sample_uniform_prior(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Samples u ~ U[0, 1) of the given shape, the prior that σ(GAP(F(x))) is matched to.
+    """Samples u ~ U[0, 1) of the given shape, the prior that σ(h) is matched to.
 
     Args:
         shape: The output shape, usually (N, C2).

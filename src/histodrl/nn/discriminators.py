@@ -168,7 +168,8 @@ class PriorDiscriminator(nn.Module):
 
     METHOD.md (b) "Prior matching term" and E15, after DIM's ``prior_matching.py``. It scores
     whether a vector is a sample of the uniform prior U[0, 1]^C (real) or the encoder's
-    ``sigmoid(GAP(f))`` (fake); the output is a raw logit.
+    ``sigmoid(h)`` (fake), h a global vector that can be negative (METHOD.md (b), corrected);
+    the output is a raw logit.
 
     Args:
         in_features: C, the length of the matched vector (C2 for DRL).

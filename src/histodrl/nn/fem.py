@@ -1,8 +1,16 @@
-"""The Feature Enhance Module (FEM) of DRL: parallel dilated 3x3 convolutions, concatenated.
+"""The Feature Enhance Module (FEM) of DRL, and the global projection used where there is no FEM.
 
 Paper section III-C and eq. 5; METHOD.md (c) "FEM" and E7. The FEM widens the receptive field of the
 tapped encoder map so that the largest branch sees more than the whole M x M map, which is what the
 global-context branch of the local discriminator needs.
+
+Global vectors (METHOD.md (b), "Correction (measured)"): the GCH descriptor ``L2norm(GAP(.))`` and
+the prior vector ``sigmoid(GAP(.))`` must come from an output that can be negative. A post-ReLU map
+gives non-negative pools, hence cosines >= 0 between any two images and prior coordinates >= 0.5,
+which the prior discriminator rejects by a trivial rule. With the FEM they are pooled from
+:meth:`FeatureEnhanceModule.preactivation` (the BN output before the final ReLU); without it (DRL's
+no-FEM ablation E9, the DIM baseline) :class:`GlobalProjection` maps the pooled post-ReLU tap to a
+vector of either sign.
 """
 
 from __future__ import annotations
@@ -73,6 +81,11 @@ class FeatureEnhanceModule(nn.Module):
         generator: random source for the initial conv weights (PyTorch's default scheme);
             ``None`` uses the global RNG.
 
+    The pre-activation map (the BN output before the ReLU) is available from
+    :meth:`preactivation` and :meth:`forward_with_preactivation`: DRL pools its global descriptor
+    and its prior vector from it, because the post-ReLU output is non-negative everywhere
+    (METHOD.md (b), "Correction (measured)").
+
     Shape:
         - Input: (N, C1, H, W), normally H = W = M.
         - Output: (N, k * c_b, H, W).
@@ -108,8 +121,14 @@ class FeatureEnhanceModule(nn.Module):
     def extra_repr(self) -> str:
         return f"dilations={self.dilations}, out_channels={self.out_channels}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C1, H, W) -> (N, k * c_b, H, W); see the class docstring."""
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """The concatenated branch outputs after BN and before the final ReLU: (N, k * c_b, H, W).
+
+        Unlike :meth:`forward` its values can be negative. In training mode each channel has mean
+        ``bn.bias`` over the batch and the M x M grid (0 at initialisation), so its per-image global
+        average pool lies on both sides of ``bn.bias``: DRL takes its global descriptor and its prior
+        vector from here (METHOD.md (b), "Correction (measured)").
+        """
         height, width = x.shape[-2:]
         outputs = []
         for conv, r in zip(self.branches, self.dilations):
@@ -120,4 +139,70 @@ class FeatureEnhanceModule(nn.Module):
             if r >= width:
                 weight, pad_w = weight[:, :, :, 1:2], 0
             outputs.append(F.conv2d(x, weight, None, 1, (pad_h, pad_w), r))
-        return F.relu(self.bn(torch.cat(outputs, dim=1)), inplace=True)
+        return self.bn(torch.cat(outputs, dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C1, H, W) -> (N, k * c_b, H, W), non-negative; see the class docstring."""
+        return F.relu(self.preactivation(x), inplace=True)
+
+    def forward_with_preactivation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(forward(x), preactivation(x))`` from one pass; the first is ``relu`` of the second.
+
+        The ReLU is taken out of place, so the pre-activation map stays intact (one more map of the
+        output's size is kept for the backward pass).
+        """
+        pre = self.preactivation(x)
+        return F.relu(pre), pre
+
+
+class GlobalProjection(nn.Module):
+    """``Linear(C_in -> C_out, bias=False) -> BatchNorm1d(C_out)``: a global vector of either sign.
+
+    The global head where there is no FEM (DRL's no-FEM ablation E9 and the DIM baseline). Applied to
+    ``GAP`` of a post-ReLU map, whose coordinates are all >= 0 and whose directions are nearly
+    parallel from image to image (cosines of 0.8-0.95 at initialisation), it gives the vector ``h``
+    that DRL L2-normalises into its GCH descriptor and passes through a sigmoid for the prior. It is the
+    pooled counterpart of the FEM's ``conv -> BN`` pre-activation: the linear layer is DIM's (whose
+    prior sigmoid acts on a linear output), and the BatchNorm centres every coordinate over the batch
+    (mean ``bn.bias``, 0 at initialisation), so that at initialisation the descriptors of different
+    images already point in different directions (negative cosines) and the prior coordinates lie on
+    both sides of 0.5. A linear layer alone would not do it: it maps nearly parallel inputs to nearly
+    parallel outputs.
+
+    Args:
+        in_features: C_in, channels of the pooled map.
+        out_features: C_out; ``None`` keeps C_in.
+        generator: random source for the initial weights (PyTorch's default scheme); ``None``
+            uses the global RNG.
+
+    Shape:
+        - Input: (N, C_in), N >= 2 in training mode (batch statistics).
+        - Output: (N, C_out).
+
+    Raises:
+        ValueError: if a size is not a positive int.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        out_features = in_features if out_features is None else out_features
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected a positive int")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+        self.bn = nn.BatchNorm1d(out_features)
+        if generator is not None:
+            pytorch_default_init_(self, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in) -> (N, C_out); see the class docstring."""
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"input shape {tuple(x.shape)}: expected (N, {self.in_features})")
+        return self.bn(self.linear(x))

@@ -170,11 +170,6 @@ class PretextModule(LoaderFromTask, L.LightningModule):
         """Lines a method adds to the model card's settings (e.g. DRL's deformation)."""
         return []
 
-    @property
-    def config(self) -> dict[str, Any]:
-        """TRANSITIONAL: the options as a mapping, for method code not yet converted."""
-        return to_config(self.options)
-
 
 # ------------------------------------------------------------------------------------------------
 # Export

@@ -7,8 +7,22 @@ One step, with N originals ``x`` and their elastic deformations ``x̂``:
 2. The Feature Enhance Module gives ``f = FEM(e)``, ``f̂ = FEM(ê)`` (N, C2, M, M), again as one batch.
 3. L_LSH (eq. 4, E2): the local discriminator scores the aligned pairs (e, f) as positives and
    (ê, f) as negatives, per location.
-4. L_GCH (eq. 8 hard, eqs. 9–10 soft) on ``g = L2norm(GAP(f))`` and ``ĝ = L2norm(GAP(f̂))``.
-5. Prior matching ("as in [14]"): ``σ(GAP(f))`` of the originals against U[0,1]^C2.
+4. L_GCH (eq. 8 hard, eqs. 9–10 soft) on ``g = L2norm(h)`` and ``ĝ = L2norm(ĥ)``.
+5. Prior matching ("as in [14]"): ``z = σ(h)`` of the originals against U[0,1]^C2.
+
+The global vector ``h = GAP(f_pre)`` is pooled from the FEM's concatenated branch outputs *before*
+their final ReLU (:meth:`FeatureEnhanceModule.preactivation`), METHOD.md (b) as corrected. Pooled
+from the post-ReLU ``f`` it would be non-negative: every cosine between two images would be ≥ 0
+(≥ 0.94 at initialisation), so the GCH loss could barely move, and every coordinate of ``σ(h)``
+would be ≥ 0.5, which the prior discriminator rejects by a trivial rule while the encoder's prior
+loss grows without bound. The pre-activation is a BN output: at initialisation each channel is
+centred over the batch, so ``h`` has both signs, and eq. 7 (GAP + L2 norm of F) holds with F taken
+before its ReLU. This adds no parameters and keeps the descriptor on the FEM, as the paper has it;
+a DIM-style linear layer on GAP(f) would be a projection head the paper does not have. The local
+path (step 3) still uses the post-ReLU ``f``. Without the FEM (E9) ``h`` is a learned
+``Linear -> BatchNorm1d`` projection of ``GAP(e)`` (:class:`histodrl.nn.fem.GlobalProjection`),
+while the local discriminator keeps E9's tiled ``L2norm(GAP(e))``. Option ``global_head="relu"``
+restores the earlier post-ReLU pooling, for comparison only.
 
 The encoder, FEM and local discriminator minimise L_LSH + λ·L_GCH + γ·L_prior; the prior
 discriminator minimises its own loss. Both are stepped by one Adam over all parameters: Adam is
@@ -20,7 +34,8 @@ optimizers stepped on the same batch.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,48 +44,57 @@ from histodrl.deform import elastic_deform, paper_sigma_alpha, warp
 from histodrl.losses import gch_hard_loss, gch_soft_loss, lsh_loss, lsh_loss_literal
 from histodrl.losses.distributed import world_size
 from histodrl.nn import FeatureEnhanceModule, LocalDiscriminator, PriorDiscriminator
+from histodrl.nn.fem import GlobalProjection
 from histodrl.pretext.base import PretextModule
 from histodrl.pretext.prior import prior_losses
+
+if TYPE_CHECKING:
+    from histodrl.commands.pretrain import PretrainOptions
 
 
 class DRL(PretextModule):
     """Deformation Representation Learning: local structure heterogeneity + global context homogeneity."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(config)
-        c = config
+    def __init__(self, options: PretrainOptions | Mapping[str, Any]) -> None:
+        super().__init__(options)
+        o = self.options
         self.M = self.crop // self.encoder.tap_stride(self.tap)
         if self.M < 1:
             raise ValueError(f"crop {self.crop} is too small for tap {self.tap}")
         c1 = self.encoder.tap_channels(self.tap)
-        if c["no_fem"]:
+        if o.no_fem:
             self.fem = None
             c2 = c1
         else:
             self.fem = FeatureEnhanceModule(
-                c1, max(self.M, 2), branch_channels=self.width(int(c["fem_branch_channels"]))
+                c1, max(self.M, 2), branch_channels=self.width(int(o.fem_branch_channels))
             )
             c2 = self.fem.out_channels
+        self.global_head = str(o.global_head)
+        # Without the FEM the pre-activation global vector comes from a projection of GAP(e).
+        self.global_proj = (
+            GlobalProjection(c1) if self.fem is None and self.global_head == "preact" else None
+        )
         widths = tuple(self.width(w) for w in (512, 256, 256))
         self.local_d = LocalDiscriminator(c1 + c2, widths=widths)
-        self.prior_d = PriorDiscriminator(c2) if c["gamma"] > 0 else None
+        self.prior_d = PriorDiscriminator(c2) if o.gamma > 0 else None
 
     def tap_name(self) -> str:
-        return str(self.config["tap"])
+        return str(self.options.tap)
 
     # -- pieces ------------------------------------------------------------------------------------
 
     def deform(self, x: torch.Tensor) -> torch.Tensor:
         """x̂ = Deform(x) with σ ~ U(range)·S and α = factor·S per image (METHOD.md (d))."""
-        c = self.config
-        size = int(c.get("deform_size") or min(x.shape[-2:]))
-        lo, hi = c["sigma_range"]
+        o = self.options
+        size = int(o.deform_size or min(x.shape[-2:]))
+        lo, hi = o.sigma_range
         sigma, alpha = paper_sigma_alpha(
             size,
             x.shape[0],
             generator=self.generator,
             sigma_range=(lo, hi),
-            alpha_factor=float(c["alpha_factor"]),
+            alpha_factor=float(o.alpha_factor),
             device=x.device,
         )
         x_hat, _ = elastic_deform(x, sigma, alpha, generator=self.generator)
@@ -85,27 +109,27 @@ class DRL(PretextModule):
         return warp(x, shift.expand(n, 2, h, w))
 
     def _gch(self, g: torch.Tensor, g_hat: torch.Tensor) -> torch.Tensor:
-        c = self.config
+        o = self.options
         kw = {
-            "temperature": float(c["temperature"]),
-            "reduction": c["gch_reduction"],
+            "temperature": float(o.temperature),
+            "reduction": o.gch_reduction,
             # Negatives from every process; a no-op when training on one.
             "gather_distributed": True,
         }
-        if c["gch"] == "soft":
+        if o.gch == "soft":
             return gch_soft_loss(
                 g,
                 g_hat,
-                weight_temperature=float(c["weight_temperature"]),
-                detach_target=bool(c["detach_soft_target"]),
+                weight_temperature=float(o.weight_temperature),
+                detach_target=bool(o.detach_soft_target),
                 **kw,
             )
         return gch_hard_loss(g, g_hat, **kw)
 
     def _prior(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(encoder's non-saturating prior loss, prior discriminator's loss)."""
+        """(encoder's non-saturating prior loss, prior discriminator's loss) for z = σ(pooled)."""
         assert self.prior_d is not None
-        penalty = float(self.config.get("prior_penalty", 0.0))
+        penalty = float(self.options.prior_penalty)
         return prior_losses(self.prior_d, pooled, self.generator, penalty)
 
     def _count_foreign_negatives(self, g_hat: torch.Tensor) -> torch.Tensor:
@@ -117,49 +141,78 @@ class DRL(PretextModule):
         own = (torch.cdist(everyone.float(), g_hat.float()).min(dim=1).values < 1e-6).sum()
         return (everyone.shape[0] - own).float()
 
+    def context_and_global(self, both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The local discriminator's shared input and the global vectors, from the tapped maps.
+
+        Args:
+            both: the tapped maps of ``[x; x̂]``. Shape: (2N, C1, M, M).
+
+        Returns:
+            ``context``: F(x) for the local pairs (e, F(x)) and (ê, F(x)): the post-ReLU FEM output
+            of the originals (N, C2, M, M), or without the FEM E9's ``L2norm(GAP(e))`` as
+            (N, C1, 1, 1), broadcast over the map. ``h``: the global vectors of ``[x; x̂]``
+            (2N, C2), of either sign (see the module docstring); ``L2norm(h)`` is F_G (eq. 7) and
+            ``σ(h[:N])`` the prior's input.
+        """
+        n = both.shape[0] // 2
+        if self.fem is not None:
+            if self.global_head == "relu":
+                f_both = self.fem(both)
+                h = f_both.mean(dim=(2, 3))
+            else:
+                f_both, pre = self.fem.forward_with_preactivation(both)
+                h = pre.mean(dim=(2, 3))
+            # Positives (e, f) and negatives (ê, f) share F(x), spatially aligned.
+            return f_both[:n], h
+        pooled = both.mean(dim=(2, 3))
+        # E9: F := X^Enc; the global vector F_G is tiled over the map (broadcast, no copy).
+        context = F.normalize(pooled[:n], dim=1)[:, :, None, None]
+        h = self.global_proj(pooled) if self.global_proj is not None else pooled
+        return context, h
+
     # -- the step ----------------------------------------------------------------------------------
 
     def pretext_step(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        c = self.config
+        o = self.options
         n = x.shape[0]
         x_hat = self.deform(x)
-        if c.get("resample_original"):
+        if o.resample_original:
             x = self.resample(x)
         both = self.encode(self.prepare(torch.cat([x, x_hat])), [self.tap])[self.tap]
-        e, e_hat = both[:n], both[n:]
-        if self.fem is not None:
-            f_both = self.fem(both)
-            f, f_hat = f_both[:n], f_both[n:]
-            pooled, pooled_hat = f.mean(dim=(2, 3)), f_hat.mean(dim=(2, 3))
-            context = f  # positives (e, f) and negatives (ê, f) share F(x), spatially aligned
-        else:
-            # E9: F := X^Enc; the global vector F_G is tiled over the map (broadcast, no copy).
-            pooled, pooled_hat = e.mean(dim=(2, 3)), e_hat.mean(dim=(2, 3))
-            context = F.normalize(pooled, dim=1)[:, :, None, None]
+        context, h = self.context_and_global(both)
         logits = self.local_d.forward_shared(both, context)
         t_pos, t_neg = logits[:n], logits[n:]
-        lsh = (lsh_loss_literal if c["lsh"] == "literal" else lsh_loss)(t_pos, t_neg)
+        lsh = (lsh_loss_literal if o.lsh == "literal" else lsh_loss)(t_pos, t_neg)
 
-        g, g_hat = F.normalize(pooled, dim=1), F.normalize(pooled_hat, dim=1)
+        g, g_hat = F.normalize(h[:n], dim=1), F.normalize(h[n:], dim=1)
         logs: dict[str, torch.Tensor] = {"lsh": lsh}
         loss = lsh
-        if c["gch"] != "none":
+        if o.gch != "none":
             gch = self._gch(g, g_hat)
-            loss = loss + float(c["lambda_"]) * gch
+            loss = loss + float(o.lambda_) * gch
             logs["gch"] = gch
         if self.prior_d is not None:
-            prior, prior_d = self._prior(pooled)
-            loss = loss + float(c["gamma"]) * prior + prior_d
+            prior, prior_d = self._prior(h[:n])
+            loss = loss + float(o.gamma) * prior + prior_d
             logs["prior"] = prior
             logs["prior_d"] = prior_d
         with torch.no_grad():
-            logs["mi"] = 2 * math.log(2) - lsh.detach() if c["lsh"] == "jsd" else -lsh.detach()
+            logs["mi"] = 2 * math.log(2) - lsh.detach() if o.lsh == "jsd" else -lsh.detach()
             logs["sigmoid_pos"] = torch.sigmoid(t_pos.detach().float()).mean()
             logs["sigmoid_neg"] = torch.sigmoid(t_neg.detach().float()).mean()
-            sim = g.detach() @ g_hat.detach().T
+            sim = g.detach().float() @ g_hat.detach().float().T
             target = torch.arange(n, device=sim.device)
             logs["gch_acc"] = (sim.argmax(dim=1) == target).float().mean()
-            if world_size() > 1 and self.global_step % int(c["log_every"]) == 0:
+            # Cosines of own pairs and of different images: both near -1 (or +1) means that the
+            # descriptor only encodes "original or deformed", not the image.
+            diagonal = sim.diagonal()
+            logs["gch_pos_cos"] = diagonal.mean()
+            if n > 1:
+                logs["gch_neg_cos"] = (sim.sum() - diagonal.sum()) / (n * (n - 1))
+            if self.prior_d is not None:
+                # The prior's input z = σ(h): U[0, 1] has standard deviation 1/√12 ≈ 0.289.
+                logs["prior_z_std"] = torch.sigmoid(h[:n].detach().float()).std()
+            if world_size() > 1 and self.global_step % int(o.log_every) == 0:
                 logs["foreign_negatives"] = self._count_foreign_negatives(g_hat.detach())
         # The main loss minus the prior discriminator's own term is what the paper calls L.
         logs["objective"] = (

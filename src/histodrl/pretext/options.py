@@ -35,6 +35,9 @@ BATCH_CONTRASTIVE = frozenset({"drl", "dim"})
 
 TAPS = ("conv3_4", "conv4_4", "conv5_4", "pool5")
 
+#: Where DRL and DIM take their global vector from (``--global-head``).
+GLOBAL_HEADS = ("preact", "relu")
+
 _DRL = "DRL (method drl; dim uses --tap, --gamma and --prior-penalty)"
 _DEFORM = "deformation (drl)"
 _BASELINES = "baselines (dim, rotation, colorization, inpainting, exemplar, vae, genesis)"
@@ -67,6 +70,14 @@ class DRLOptions:
     )
     prior_penalty: float = option(
         0.0, help="prior discriminator gradient penalty", check=at_least(0), group=_DRL
+    )
+    global_head: str = option(
+        "preact",
+        help="source of the global vector h (F_G = L2norm(h), prior input sigmoid(h)): preact = "
+        "the FEM output before its ReLU (without a FEM: a Linear-BatchNorm projection of the "
+        "pooled tap); relu = the post-ReLU map, METHOD.md (b)'s measured failure, for comparison",
+        choices=GLOBAL_HEADS,
+        group=_DRL,
     )
 
 

@@ -7,7 +7,8 @@ discriminator's loss sees the generated input detached. Adding both losses to th
 the same update as stepping two optimizers on the same batch.
 
 - Prior matching (DIM, Hjelm et al. 2019, https://arxiv.org/abs/1808.06670, section 3.3; METHOD.md
-  (b) "Prior matching term" and E15): ``σ(GAP(F(x)))`` against U[0, 1]^C, used by DRL and DIM.
+  (b) "Prior matching term", its correction, and E15): ``σ(h)`` against U[0, 1]^C, with ``h`` a
+  global vector that can be negative (``GLOBAL_HEADS``), used by DRL and DIM.
 - The same game on images is the Context Encoder's optional adversarial term (inpainting).
 """
 
@@ -23,6 +24,12 @@ from histodrl.losses import (
     prior_generator_loss,
     sample_uniform_prior,
 )
+
+#: Where DRL's and DIM's global vector h comes from (F_G = L2norm(h), prior input z = σ(h)), the
+#: ``global_head`` option: "preact" (default) = an output that can be negative, the FEM's
+#: concatenated branch outputs before their final ReLU, or without a FEM the Linear -> BatchNorm1d
+#: projection of the pooled tap (:class:`histodrl.nn.fem.GlobalProjection`); "relu" = GAP of the
+#: post-ReLU map, the earlier reading whose failure METHOD.md (b) measured (comparison only).
 
 
 def adversarial_losses(
@@ -65,13 +72,16 @@ def prior_losses(
     generator: torch.Generator | None,
     penalty: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(encoder's prior loss, prior discriminator's loss) for pooled features (METHOD.md (b)).
+    """(encoder's prior loss, prior discriminator's loss) for global vectors (METHOD.md (b)).
 
     ``z = σ(pooled)`` is matched to ``u ~ U[0, 1)`` of the same shape drawn from ``generator``.
+    ``pooled`` must be able to take both signs (the FEM's pre-ReLU output pooled, or a linear
+    projection, see ``GLOBAL_HEADS``): pooled from a post-ReLU map, every coordinate of ``z`` is
+    ≥ 0.5, and the discriminator wins by that rule alone (METHOD.md (b), "Correction (measured)").
 
     Args:
         prior_d: the prior discriminator (:class:`histodrl.nn.PriorDiscriminator`).
-        pooled: the global average pool of the features, before any normalisation. Shape: (N, C).
+        pooled: the global vector h, before any normalisation or sigmoid. Shape: (N, C).
         generator: source of the prior samples, on ``pooled``'s device.
         penalty: weight of the prior discriminator's gradient penalty (≥ 0).
 
