@@ -152,6 +152,7 @@ def test_tiny_pretraining_learns_to_tell_deformed_from_original(tissue_folder, t
     assert keys and all(k.startswith("features.") for k in keys)
     card = (run / "MODEL_CARD.md").read_text()
     assert "drl" in card and "Seed: 0" in card
+    assert "Deformation: sigma ~ U[0.03, 0.05]" in card and "global vector `preact`" in card
     assert math.isfinite(float(_series(rows, "train/mi")[-1]))
 
 

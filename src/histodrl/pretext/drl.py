@@ -82,6 +82,18 @@ class DRL(PretextModule):
     def tap_name(self) -> str:
         return str(self.options.tap)
 
+    def model_card_lines(self) -> list[str]:
+        o = self.options
+        lo, hi = o.sigma_range
+        size = o.deform_size or o.crop
+        return [
+            f"- Deformation: sigma ~ U[{lo}, {hi}] x S, alpha = {o.alpha_factor} x S, "
+            f"S = {size} px; zero-padded Gaussian smoothing, reflection sampling",
+            f"- DRL: tap `{o.tap}`, FEM {'off' if o.no_fem else 'on'}, "
+            f"GCH {o.gch} (lambda {o.lambda_}, tau {o.temperature}), "
+            f"LSH {o.lsh}, prior gamma {o.gamma}, global vector `{o.global_head}`",
+        ]
+
     # -- pieces ------------------------------------------------------------------------------------
 
     def deform(self, x: torch.Tensor) -> torch.Tensor:
