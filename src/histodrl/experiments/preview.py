@@ -6,6 +6,7 @@ and the displacement magnitude of each, with the RMS displacement and the share 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -78,20 +79,24 @@ def deform_preview_figure(crop: np.ndarray, seed: int, caption: str) -> tuple[Fi
         ax.set_axis_off()
     axes[0, 0].imshow(crop)
     axes[0, 0].set_title("original")
+    # The caption wraps inside its own panel, so it never widens the first column.
     axes[1, 0].text(
         0.0,
         0.5,
-        f"{caption}\nS = {side} px, α = 2S = {alpha:g} px, seed {seed}\n"
+        "\n".join(textwrap.wrap(caption, 34))
+        + f"\nS = {side} px, α = 2S = {alpha:g} px\nseed {seed}\n"
         "|d|: displacement magnitude (px)\nfolded: det(I + ∇d) ≤ 0",
         va="center",
-        fontsize=10,
+        fontsize=9,
+        wrap=True,
     )
     vmax = max(p[2].max() for p in panels)
     for column, (fraction, deformed, magnitude, rms, folded) in enumerate(panels, start=1):
         sigma = fraction * side
         axes[0, column].imshow(deformed.clip(0.0, 1.0))
         axes[0, column].set_title(
-            f"σ = {fraction:.2f}S = {sigma:.1f} px\nRMS |d| = {rms:.1f} px, folded {folded:.1%}"
+            f"σ = {fraction:.2f}S = {sigma:.1f} px\nRMS |d| {rms:.1f} px\nfolded {folded:.1%}",
+            fontsize=10,
         )
         shown = axes[1, column].imshow(magnitude, cmap="viridis", vmin=0.0, vmax=vmax)
         axes[1, column].set_title(f"|d|, σ = {fraction:.2f}S")
