@@ -1,4 +1,4 @@
-"""Make ``docs/overview.png``, the README's opening figure, from the real tissue in ``../shared``.
+"""Make ``docs/overview.jpg``, the README's opening figure, from the real tissue in ``../shared``.
 
 Top row: a real H&E tile (the tiatoolbox stain target) and its elastic deformations at the
 paper's sigma = 0.03S, 0.04S, 0.05S (alpha = 2S, S = 256): what DRL learns to tell apart.
@@ -6,7 +6,7 @@ Bottom row: a real MoNuSeg test tile, its annotated nuclei, and the nuclei a U-N
 ``histodrl segment --data monuseg:...`` on a few training tiles predicts (a short CPU run, so the
 segmentation is rough: the figure shows what the tool does, not what it can reach).
 
-    .venv/bin/python docs/make_overview.py [--steps 300] [--out docs/overview.png]
+    .venv/bin/python docs/make_overview.py [--steps 300] [--out docs/overview.jpg]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp_png:
-        fig.savefig(tmp_png, format="png", dpi=80)
+        fig.savefig(tmp_png, format="jpg", dpi=80, pil_kwargs={"quality": 88, "optimize": True})
     print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
 
 
