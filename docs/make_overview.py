@@ -26,7 +26,7 @@ REAL = ROOT / ".." / "shared" / "data" / "real"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "overview.png"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "overview.jpg"))
     args = parser.parse_args()
 
     import matplotlib
