@@ -529,7 +529,10 @@ def _per_image(
     would be a graph break).
     """
     bound = "0 <" if positive else "0 <="
-    message = f"{name}: expected values with {bound} {name} <= {upper}, got {value}"
+
+    def bad() -> ValueError:  # formatted only when raising: printing a tensor reads it back
+        return ValueError(f"{name}: expected values with {bound} {name} <= {upper}, got {value}")
+
     if isinstance(value, torch.Tensor):
         if value.dim() == 0:
             value = value.expand(batch)
@@ -541,10 +544,10 @@ def _per_image(
             checked = value.detach().double()
             low_ok = (checked > 0) if positive else (checked >= 0)
             if not bool((low_ok & (checked <= upper)).all()):
-                raise ValueError(message)
+                raise bad()
         return value.to(device=probe.device, dtype=probe.dtype)
     number = float(value)
     low_ok = number > 0 if positive else number >= 0
     if not (low_ok and number <= upper):
-        raise ValueError(message)
+        raise bad()
     return torch.full((batch,), number, device=probe.device, dtype=probe.dtype)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from histodrl.nn.fem import FeatureEnhanceModule, GlobalProjection, fem_dilations
@@ -221,3 +222,31 @@ def test_global_projection_rejects_bad_sizes_naming_them(args, name):
 def test_global_projection_rejects_a_wrongly_shaped_input():
     with pytest.raises(ValueError, match="expected"):
         GlobalProjection(4)(torch.rand(3, 5))
+
+
+def test_a_channels_last_preactivation_hands_its_gradient_on_channels_last():
+    """DRL's use: ReLU of the originals' half through a batch slice and the pooled pre-activation.
+    Their gradients come back in the default layout; the one that reaches the BatchNorm is
+    channels_last (a mixed-layout BatchNorm backward is slow on a CPU), and the gradients are the
+    ones of the default-layout module."""
+    cl = torch.channels_last
+    torch.manual_seed(0)
+    reference = FeatureEnhanceModule(16, 8, branch_channels=4)
+    fem = FeatureEnhanceModule(16, 8, branch_channels=4)
+    fem.load_state_dict(reference.state_dict())
+    fem = fem.to(memory_format=cl)
+    x = torch.randn(4, 16, 8, 8)
+    grads = []
+    for module, inp in ((reference, x), (fem, x.contiguous(memory_format=cl))):
+        inp = inp.clone().requires_grad_()
+        pre = module.preactivation(inp)
+        seen = []
+        pre.register_hook(lambda g, seen=seen: seen.append(g.is_contiguous(memory_format=cl)))
+        loss = F.relu(pre[:2]).square().sum() + pre.mean(dim=(2, 3)).square().sum()
+        loss.backward()
+        grads.append((inp.grad, module.branches[2].weight.grad, module.bn.weight.grad, seen))
+    (gx0, gw0, gb0, seen0), (gx1, gw1, gb1, seen1) = grads
+    assert seen1 == [True]
+    assert gx1.is_contiguous(memory_format=cl)
+    for a, b in ((gx0, gx1), (gw0, gw1), (gb0, gb1)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

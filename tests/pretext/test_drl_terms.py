@@ -61,20 +61,30 @@ def _config(**over):
 
 @pytest.fixture()
 def captured(monkeypatch):
-    """What the prior and GCH losses receive during a step: ``z = σ(h)`` and the cosine matrix."""
+    """What the prior and GCH losses receive during a step: ``z = σ(h)`` and the cosine matrix.
+
+    DIM calls ``prior_losses(prior_d, h, generator)``; DRL draws its prior samples before its
+    compiled region and calls ``adversarial_losses(prior_d, u, σ(h))`` (what ``prior_losses``
+    calls), so z is read there.
+    """
     seen: dict[str, torch.Tensor] = {}
-    prior_losses = drl_module.prior_losses
+    prior_losses = dim_module.prior_losses
+    adversarial_losses = drl_module.adversarial_losses
     gch_hard_loss = drl_module.gch_hard_loss
 
     def spy_prior(prior_d, pooled, *args, **kwargs):
         seen["z"] = torch.sigmoid(pooled.detach())
         return prior_losses(prior_d, pooled, *args, **kwargs)
 
+    def spy_adversarial(discriminator, real, fake, *args, **kwargs):
+        seen["z"] = fake.detach()
+        return adversarial_losses(discriminator, real, fake, *args, **kwargs)
+
     def spy_gch(g, g_hat, *args, **kwargs):
         seen["cos"] = (g @ g_hat.T).detach()
         return gch_hard_loss(g, g_hat, *args, **kwargs)
 
-    monkeypatch.setattr(drl_module, "prior_losses", spy_prior)
+    monkeypatch.setattr(drl_module, "adversarial_losses", spy_adversarial)
     monkeypatch.setattr(dim_module, "prior_losses", spy_prior)
     monkeypatch.setattr(drl_module, "gch_hard_loss", spy_gch)
     return seen

@@ -71,6 +71,10 @@ class FeatureEnhanceModule(nn.Module):
     - When a rate is at least the runtime height (width), every off-centre kernel row (column) only
       ever reads zero padding, so that branch is computed with the centre row (column) of its
       kernel only. Same result, up to 9x fewer operations (M = 12 at rate 12).
+    - channels_last: with a channels_last input (what the trunk gives DRL) the output is
+      channels_last, and the gradient that reaches the BatchNorm is handed to it channels_last
+      too, whatever layout the consumers of the pre-activation returned it in (a mixed-layout
+      BatchNorm backward is a slow path on a CPU; see ``_channels_last_grad``).
 
     Args:
         in_channels: C1, channels of the tapped encoder map.
@@ -139,7 +143,10 @@ class FeatureEnhanceModule(nn.Module):
             if r >= width:
                 weight, pad_w = weight[:, :, :, 1:2], 0
             outputs.append(F.conv2d(x, weight, None, 1, (pad_h, pad_w), r))
-        return self.bn(torch.cat(outputs, dim=1))
+        out = self.bn(torch.cat(outputs, dim=1))
+        if out.requires_grad and _is_channels_last(out) and not torch.compiler.is_compiling():
+            out.register_hook(_channels_last_grad)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C1, H, W) -> (N, k * c_b, H, W), non-negative; see the class docstring."""
@@ -153,6 +160,24 @@ class FeatureEnhanceModule(nn.Module):
         """
         pre = self.preactivation(x)
         return F.relu(pre), pre
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return cl and not x.is_contiguous()
+
+
+def _channels_last_grad(grad: torch.Tensor) -> torch.Tensor:
+    """The gradient of a channels_last pre-activation, handed to BatchNorm's backward as one.
+
+    In DRL the pre-activation has two consumers (the ReLU, whose output is used through a batch
+    slice, and the global average pool), and the gradients they return are in the default layout
+    (a slice's backward pads with a default-layout zero tensor, a mean's is an expanded view), so
+    their sum would reach BatchNorm's backward as an NCHW gradient of an NHWC input, a slow path
+    on a CPU (measured: the FEM's fwd+bwd 7-13 % slower). Reordering the gradient once costs less.
+    Not under ``torch.compile``, which chooses the layouts itself.
+    """
+    return grad.contiguous(memory_format=torch.channels_last)
 
 
 class GlobalProjection(nn.Module):

@@ -9,7 +9,7 @@ the backbone. A method subclass adds its heads and its ``pretext_step`` loss, no
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -76,7 +76,7 @@ class PretextModule(LoaderFromTask, L.LightningModule):
         self.tap = self.tap_name()
         self._freeze_after(self.tap)
         self._step_gen: torch.Generator | None = None
-        self._compiled: Any = None
+        self._compiled: dict[str, Callable[..., Any]] = {}
 
     # -- structure ---------------------------------------------------------------------------------
 
@@ -94,14 +94,25 @@ class PretextModule(LoaderFromTask, L.LightningModule):
         return scaled(channels, self.options.width)
 
     def configure_model(self) -> None:
-        if self.options.compile and self._compiled is None:
-            # Compiled separately so that the state dict keeps the plain encoder's key names.
-            self._compiled = torch.compile(self.encoder.forward_taps)
+        if self.options.compile and not self._compiled:
+            # Functions are compiled, not modules, so the state dict keeps its key names.
+            self._compiled = {
+                name: torch.compile(fn) for name, fn in self.compiled_functions().items()
+            }
+
+    def compiled_functions(self) -> dict[str, Callable[..., Any]]:
+        """What ``--compile`` compiles, by name: the encoder's taps (:meth:`encode`). A method adds
+        the tensors-only part of its step (DRL: from the prepared batch to the loss) and calls it
+        through :meth:`compiled`."""
+        return {"encode": self.encoder.forward_taps}
+
+    def compiled(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` compiled when ``--compile`` (see :meth:`compiled_functions`), else ``fn``."""
+        return self._compiled.get(name, fn)
 
     def encode(self, x: torch.Tensor, taps: list[str]) -> dict[str, torch.Tensor]:
         """The encoder's maps at ``taps``, through the compiled trunk when ``--compile``."""
-        fn = self._compiled if self._compiled is not None else self.encoder.forward_taps
-        return fn(x, taps)
+        return self.compiled("encode", self.encoder.forward_taps)(x, taps)
 
     # -- batches -----------------------------------------------------------------------------------
 

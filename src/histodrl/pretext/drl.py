@@ -29,6 +29,15 @@ discriminator minimises its own loss. Both are stepped by one Adam over all para
 per-parameter, and each loss reaches only its own parameters (the encoder's prior loss goes through a
 copy of the prior discriminator whose weights are detached), so this is the same update as two
 optimizers stepped on the same batch.
+
+Speed (issue "Pretraining as fast as the trunk allows", ``benchmarks/pretrain_step.py``): the step
+is split in two. :meth:`DRL.pretext_step` draws everything random from the step's generator on the
+device (the deformation, the optional sub-pixel shift, the prior samples, in that order) and
+prepares the batch; :meth:`DRL.forward_losses` takes tensors only, from the prepared batch to the
+loss (encoder taps -> FEM -> local discriminator -> GCH -> prior) and the logged values, with no
+host synchronisation and no graph break, so ``--compile`` compiles it whole
+(:meth:`DRL.compiled_functions`). The FEM's and the local discriminator's weights are channels_last,
+like the maps they receive.
 """
 
 from __future__ import annotations
@@ -41,12 +50,18 @@ import torch
 import torch.nn.functional as F
 
 from histodrl.deform import elastic_deform, paper_sigma_alpha, warp
-from histodrl.losses import gch_hard_loss, gch_soft_loss, lsh_loss, lsh_loss_literal
+from histodrl.losses import (
+    gch_hard_loss,
+    gch_soft_loss,
+    lsh_loss,
+    lsh_loss_literal,
+    sample_uniform_prior,
+)
 from histodrl.losses.distributed import world_size
 from histodrl.nn import FeatureEnhanceModule, LocalDiscriminator, PriorDiscriminator
 from histodrl.nn.fem import GlobalProjection
 from histodrl.pretext.base import PretextModule
-from histodrl.pretext.prior import prior_losses
+from histodrl.pretext.prior import adversarial_losses
 
 if TYPE_CHECKING:
     from histodrl.commands.pretrain import PretrainOptions
@@ -78,6 +93,13 @@ class DRL(PretextModule):
         widths = tuple(self.width(w) for w in (512, 256, 256))
         self.local_d = LocalDiscriminator(c1 + c2, widths=widths)
         self.prior_d = PriorDiscriminator(c2) if o.gamma > 0 else None
+        # The tapped maps come out of the trunk channels_last (its input is, see ``prepare``): the
+        # heads' conv weights take the same layout, so that no weight is reordered per call (what a
+        # GPU's NHWC kernels want; on a CPU it measured neither faster nor slower). ``.to(device)``
+        # and ``load_state_dict`` keep the layout; the key names do not change.
+        for head in (self.fem, self.local_d):
+            if head is not None:
+                head.to(memory_format=torch.channels_last)
 
     def tap_name(self) -> str:
         return str(self.options.tap)
@@ -101,7 +123,7 @@ class DRL(PretextModule):
         o = self.options
         size = int(o.deform_size or min(x.shape[-2:]))
         lo, hi = o.sigma_range
-        sigma, alpha = paper_sigma_alpha(
+        sigma, _ = paper_sigma_alpha(
             size,
             x.shape[0],
             generator=self.generator,
@@ -109,6 +131,10 @@ class DRL(PretextModule):
             alpha_factor=float(o.alpha_factor),
             device=x.device,
         )
+        # alpha = factor·S is the same for every image. As a float (the same float32 values as
+        # paper_sigma_alpha's tensor) it is not printed into elastic_deform's error message, which
+        # histodrl.deform builds before checking, from the tensor: a device read per call.
+        alpha = float(o.alpha_factor) * size
         x_hat, _ = elastic_deform(x, sigma, alpha, generator=self.generator)
         return x_hat
 
@@ -138,11 +164,26 @@ class DRL(PretextModule):
             )
         return gch_hard_loss(g, g_hat, **kw)
 
-    def _prior(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(encoder's non-saturating prior loss, prior discriminator's loss) for z = σ(pooled)."""
+    def prior_sample(self, n: int, device: torch.device) -> torch.Tensor | None:
+        """u ~ U[0, 1)^(n, C2), the prior samples of the step (``None`` without the prior term).
+
+        Drawn from the step's generator after the deformation, as
+        :func:`histodrl.pretext.prior.prior_losses` draws them, so a seed gives the same numbers;
+        drawn before the compiled region, which takes tensors only (dynamo cannot trace a
+        ``torch.Generator``).
+        """
+        if self.prior_d is None:
+            return None
+        shape = (n, self.prior_d.in_features)
+        return sample_uniform_prior(shape, generator=self.generator, device=device)
+
+    def _prior(self, pooled: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encoder's non-saturating prior loss, prior discriminator's loss) for z = σ(pooled)
+        against the prior samples ``u``: :func:`histodrl.pretext.prior.prior_losses` with ``u``
+        drawn beforehand."""
         assert self.prior_d is not None
         penalty = float(self.options.prior_penalty)
-        return prior_losses(self.prior_d, pooled, self.generator, penalty)
+        return adversarial_losses(self.prior_d, u, torch.sigmoid(pooled), penalty)
 
     def _count_foreign_negatives(self, g_hat: torch.Tensor) -> torch.Tensor:
         """How many of the gathered deformed descriptors came from other processes (logged as the
@@ -168,14 +209,15 @@ class DRL(PretextModule):
         """
         n = both.shape[0] // 2
         if self.fem is not None:
+            # Positives (e, f) and negatives (ê, f) share F(x), spatially aligned.
             if self.global_head == "relu":
                 f_both = self.fem(both)
-                h = f_both.mean(dim=(2, 3))
-            else:
-                f_both, pre = self.fem.forward_with_preactivation(both)
-                h = pre.mean(dim=(2, 3))
-            # Positives (e, f) and negatives (ê, f) share F(x), spatially aligned.
-            return f_both[:n], h
+                return f_both[:n], f_both.mean(dim=(2, 3))
+            # The FEM's output is relu(pre) (FeatureEnhanceModule.forward_with_preactivation);
+            # only the originals' half of it is used, so only that half goes through the ReLU
+            # (forward and backward).
+            pre = self.fem.preactivation(both)
+            return F.relu(pre[:n]), pre.mean(dim=(2, 3))
         pooled = both.mean(dim=(2, 3))
         # E9: F := X^Enc; the global vector F_G is tiled over the map (broadcast, no copy).
         context = F.normalize(pooled[:n], dim=1)[:, :, None, None]
@@ -184,13 +226,43 @@ class DRL(PretextModule):
 
     # -- the step ----------------------------------------------------------------------------------
 
+    def compiled_functions(self) -> dict[str, Any]:
+        """``--compile``: the step from the prepared batch to the loss, whole (trunk, FEM, local
+        discriminator, GCH, prior), besides the base's encoder taps."""
+        return {**super().compiled_functions(), "losses": self.forward_losses}
+
     def pretext_step(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         o = self.options
         n = x.shape[0]
+        # Everything random comes first, from the step's generator, on the device.
         x_hat = self.deform(x)
         if o.resample_original:
             x = self.resample(x)
-        both = self.encode(self.prepare(torch.cat([x, x_hat])), [self.tap])[self.tap]
+        u = self.prior_sample(n, x.device)
+        batch = self.prepare(torch.cat([x, x_hat]))
+        loss, logs, g_hat = self.compiled("losses", self.forward_losses)(batch, u)
+        if world_size() > 1 and self.global_step % int(o.log_every) == 0:
+            logs["foreign_negatives"] = self._count_foreign_negatives(g_hat)
+        return loss, logs
+
+    def forward_losses(
+        self, batch: torch.Tensor, u: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """The step from the prepared batch to the loss, tensors in and out (what ``--compile``
+        compiles): no random draw, no host synchronisation, no branch on a tensor's value.
+
+        Args:
+            batch: ``prepare(cat([x, x̂]))``, originals first. Shape: (2N, 3, S, S).
+            u: the prior samples (:meth:`prior_sample`), or ``None`` without the prior term.
+                Shape: (N, C2).
+
+        Returns:
+            ``(loss, logs, ĝ)``: the loss to minimise, the values to log (tensors) and the
+            deformed descriptors, detached (for the multi-process negatives count).
+        """
+        o = self.options
+        n = batch.shape[0] // 2
+        both = self.encoder.forward_taps(batch, [self.tap])[self.tap]
         context, h = self.context_and_global(both)
         logits = self.local_d.forward_shared(both, context)
         t_pos, t_neg = logits[:n], logits[n:]
@@ -204,7 +276,8 @@ class DRL(PretextModule):
             loss = loss + float(o.lambda_) * gch
             logs["gch"] = gch
         if self.prior_d is not None:
-            prior, prior_d = self._prior(h[:n])
+            assert u is not None
+            prior, prior_d = self._prior(h[:n], u)
             loss = loss + float(o.gamma) * prior + prior_d
             logs["prior"] = prior
             logs["prior_d"] = prior_d
@@ -224,10 +297,8 @@ class DRL(PretextModule):
             if self.prior_d is not None:
                 # The prior's input z = σ(h): U[0, 1] has standard deviation 1/√12 ≈ 0.289.
                 logs["prior_z_std"] = torch.sigmoid(h[:n].detach().float()).std()
-            if world_size() > 1 and self.global_step % int(o.log_every) == 0:
-                logs["foreign_negatives"] = self._count_foreign_negatives(g_hat.detach())
         # The main loss minus the prior discriminator's own term is what the paper calls L.
         logs["objective"] = (
             (loss - logs["prior_d"]).detach() if "prior_d" in logs else loss.detach()
         )
-        return loss, logs
+        return loss, logs, g_hat.detach()
