@@ -28,6 +28,14 @@ DEFAULT_EPOCHS = {"pcam": 20.0}
 FALLBACK_CROP = 256
 FALLBACK_EPOCHS = 200.0
 
+_MONITOR = "monitor (a probe of the encoder while it trains; it changes nothing in the training)"
+#: Labelled sources ``--monitor`` reads (:mod:`histodrl.pretext.monitor`).
+MONITOR_KINDS = ("folder", "pcam", "glas", "masks", "monuseg")
+#: Defaults measured to cost at most 5 % of pretraining at the demo's settings
+#: (``benchmarks/monitor_overhead.py``).
+DEFAULT_MONITOR_EVERY = 200
+DEFAULT_MONITOR_IMAGES = 256
+
 
 @options_class
 class PretrainOptions(RunOptions, DRLOptions, DeformationOptions, BaselineOptions):
@@ -66,8 +74,40 @@ class PretrainOptions(RunOptions, DRLOptions, DeformationOptions, BaselineOption
         None, help="wsi: target microns per pixel", check=greater(0), group=_TRAIN
     )
     level: int | None = option(None, help="wsi: pyramid level", check=at_least(0), group=_TRAIN)
+    monitor: str | None = option(
+        None,
+        help="labelled KIND:DIR (folder, pcam: kNN and linear-probe accuracy; glas, masks, "
+        "monuseg: pixel-probe Dice) to probe the frozen encoder on while it pretrains; point it "
+        "at labelled data held out from pretraining (it is only a probe: its images never "
+        "reach the pretext task, and it changes no weight)",
+        metavar="KIND:DIR",
+        runtime=True,
+        group=_MONITOR,
+    )
+    monitor_every: int = option(
+        DEFAULT_MONITOR_EVERY,
+        help="steps between monitor evaluations (also at the first and the last step)",
+        check=at_least(1),
+        metavar="N",
+        runtime=True,
+        group=_MONITOR,
+    )
+    monitor_images: int = option(
+        DEFAULT_MONITOR_IMAGES,
+        help="images (folder, pcam) or crops (glas, masks, monuseg) of the monitor's fixed "
+        "sample, half to fit the probes, half to score them",
+        check=at_least(4),
+        metavar="N",
+        runtime=True,
+        group=_MONITOR,
+    )
 
     def check_options(self) -> None:
+        if self.monitor is not None and source_kind(self.monitor) not in MONITOR_KINDS:
+            raise UserInputError(
+                f"--monitor {self.monitor}: expected a labelled source "
+                f"{', '.join(k + ':DIR' for k in MONITOR_KINDS)}"
+            )
         if self.method in BATCH_CONTRASTIVE and self.batch_size < 2:
             raise UserInputError(
                 f"--batch-size {self.batch_size}: expected at least 2 images ({self.method} "

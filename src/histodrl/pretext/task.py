@@ -15,6 +15,7 @@ class PretrainTask(LightningTask[PretrainOptions]):
 
     def __init__(self) -> None:
         self.dataset: Any = None
+        self.monitor_sample: Any = None
 
     def resolve(self, options: PretrainOptions) -> PretrainOptions:
         return options.resolved()
@@ -30,6 +31,14 @@ class PretrainTask(LightningTask[PretrainOptions]):
             mpp=options.mpp,
             level=options.level,
         )
+        if options.monitor is not None:  # read now: a bad --monitor loses nothing
+            from histodrl.pretext.monitor import load_monitor_sample
+
+            self.monitor_sample = load_monitor_sample(
+                options.monitor,
+                crop=int(options.crop),  # type: ignore[arg-type]
+                images=options.monitor_images,
+            )
 
     def description(self, options: PretrainOptions) -> str:
         return str(getattr(self.dataset, "description", options.data))
@@ -37,6 +46,13 @@ class PretrainTask(LightningTask[PretrainOptions]):
     def total_steps(self, options: PretrainOptions, world_size: int) -> int:
         per_epoch = dataset_len(self.dataset) // (options.batch_size * world_size)
         return planned_steps(max(1, per_epoch), options.epochs, options.max_steps)
+
+    def callbacks(self, options: PretrainOptions) -> list[Any]:
+        if self.monitor_sample is None:
+            return []
+        from histodrl.pretext.monitor import RepresentationMonitor
+
+        return [RepresentationMonitor(self.monitor_sample, options.monitor_every)]
 
     def module(self, options: PretrainOptions, total_steps: int) -> Any:
         from histodrl.pretext import method_class
@@ -62,6 +78,12 @@ class PretrainTask(LightningTask[PretrainOptions]):
 
         path = export_run(run)
         print(f"histodrl: wrote {path} and {run / 'MODEL_CARD.md'}")
+        if options.monitor is not None:
+            from histodrl.pretext.monitor import write_monitor_figure
+
+            figure = write_monitor_figure(run, title=f"{options.method}: monitor {options.monitor}")
+            if figure is not None:
+                print(f"histodrl: wrote {figure}")
         return 0
 
 
