@@ -19,6 +19,7 @@ from typing import Any
 from histodrl import __version__
 from histodrl.commands import classify as classify_options
 from histodrl.commands import embed as embed_options
+from histodrl.commands import label_efficiency as label_efficiency_options
 from histodrl.commands import options as om
 from histodrl.commands import tools
 from histodrl.commands.pretrain import PretrainOptions
@@ -193,6 +194,12 @@ def _reproduce(options: tools.ReproduceOptions) -> int:
     )
 
 
+def _label_efficiency(options: label_efficiency_options.LabelEfficiencyOptions) -> int:
+    from histodrl.experiments.label_efficiency import label_efficiency
+
+    return label_efficiency(options)
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "demo",
@@ -284,6 +291,13 @@ COMMANDS: tuple[Command, ...] = (
         "run the paper's tables and figures (every method x seed) and write OUT/<name>/report.md",
         tools.ReproduceOptions,
         _reproduce,
+    ),
+    Command(
+        "label-efficiency",
+        "pretraining methods against random init at several label budgets, over seeds, on any "
+        "labelled source; writes OUT/report.md",
+        label_efficiency_options.LabelEfficiencyOptions,
+        _label_efficiency,
     ),
 )
 

@@ -1,4 +1,4 @@
-"""Mean ± std over seeds and the Welch t-test, against scipy and hand-computed values."""
+"""Mean ± std over seeds, the Welch and the paired t-test, against scipy and hand-computed values."""
 
 import math
 
@@ -13,6 +13,7 @@ from histodrl.experiments.stats import (
     Summary,
     format_p,
     format_summary,
+    paired_t_test,
     summarize,
     welch_t_test,
 )
@@ -111,3 +112,41 @@ def test_format_p_uses_four_decimals_and_scientific_notation_below_1e_4():
     assert tiny.p_value < 1e-4
     assert "e-" in format_p(tiny)
     assert format_p(None) == "—"
+
+
+@pytest.mark.parametrize(
+    ("n", "shift", "noise"), [(5, 0.3, 0.2), (2, 0.0, 1.0), (3, -1.0, 0.5), (10, 0.05, 0.1)]
+)
+def test_paired_matches_scipy_ttest_rel(n, shift, noise):
+    rng = np.random.default_rng(n * 10 + 1)
+    a = rng.normal(0.0, 1.0, n)
+    b = a + rng.normal(shift, noise, n)  # b depends on a: the pairing matters
+    ours = paired_t_test(a, b)
+    reference = stats.ttest_rel(a, b)
+    assert ours.reason is None and ours.n == n and ours.df == n - 1
+    assert ours.t == pytest.approx(reference.statistic, rel=1e-12)
+    assert ours.p_value == pytest.approx(reference.pvalue, rel=1e-9)
+
+
+def test_paired_hand_computed_case_and_pairing_beats_welch_for_correlated_seeds():
+    # d = a - b = [1, 2, 3]: mean 2, sd 1, t = 2 / (1 / sqrt(3)) = 2 sqrt(3), df 2; with 2 df
+    # P(T <= -|t|) = 1/2 - |t| / (2 sqrt(2 + t^2)), so p = 1 - sqrt(12 / 14).
+    result = paired_t_test([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    assert result.t == pytest.approx(2 * math.sqrt(3), rel=1e-12)
+    assert result.p_value == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-10)
+    # A seed effect shared by both methods hides the difference from Welch, not from the pairs.
+    a, b = [0.50, 0.70, 0.90, 0.60], [0.48, 0.67, 0.88, 0.57]
+    assert paired_t_test(a, b).p_value < 0.01 < welch_t_test(a, b).p_value
+    assert paired_t_test(b, a).p_value == pytest.approx(paired_t_test(a, b).p_value)
+
+
+def test_paired_edge_cases_give_a_reason_instead_of_a_p_value():
+    assert paired_t_test([0.5], [0.4]).reason == FEWER_THAN_TWO
+    assert paired_t_test([0.5, 0.7], [0.4, 0.6]).reason == ZERO_VARIANCE  # constant differences
+    assert paired_t_test([0.5, 0.5], [0.5, 0.5]).reason == ZERO_VARIANCE
+    assert paired_t_test([0.5, float("inf")], [0.4, 0.6]).reason == NON_FINITE
+    assert format_p(paired_t_test([0.5], [0.4])) == "n/a (fewer than 2 seeds)"
+    with pytest.raises(ValueError, match="one pair each"):
+        paired_t_test([0.1, 0.2, 0.3], [0.1, 0.2])
+    with pytest.raises(ValueError, match="1-D"):
+        paired_t_test([[1.0, 2.0]], [1.0, 2.0])

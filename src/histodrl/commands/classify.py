@@ -106,6 +106,15 @@ class LabelledOptions(EncoderOptions):
 
 @options_class
 class ClassifyOptions(RunOptions, LabelledOptions):
+    label_count: int | None = option(
+        None,
+        help="train on exactly N labelled training tiles instead of a fraction: a seeded, "
+        "class-stratified subset (at least one per class), the same for every --init at one "
+        "--seed",
+        check=at_least(1),
+        metavar="N",
+        group="labels",
+    )
     epochs: float = option(
         30.0, help="passes over the labelled subset", check=greater(0), group=_CLS
     )
@@ -131,6 +140,14 @@ class ClassifyOptions(RunOptions, LabelledOptions):
         check=at_least(1),
         group=_CLS,
     )
+
+    def check_options(self) -> None:
+        super().check_options()
+        if self.label_count is not None and self.label_fraction != 1.0:
+            raise UserInputError(
+                f"--label-count {self.label_count} and --label-fraction {self.label_fraction:g}: "
+                "expected one of them"
+            )
 
 
 def parse_blocks(blocks: str | Sequence[str]) -> list[str]:

@@ -35,6 +35,14 @@ class SegmentOptions(RunOptions, EncoderOptions):
         help="glas:DIR (train, testA, testB), masks:DIR or monuseg:DIR", group="labels"
     )
     label_fraction: float = label_fraction_option()
+    label_count: int | None = option(
+        None,
+        help="train on exactly N labelled training images instead of a fraction: a seeded "
+        "subset (stratified by grade when known), the same for every --init at one --seed",
+        check=at_least(1),
+        metavar="N",
+        group="labels",
+    )
     split_seed: int = option(
         DEFAULT_SPLIT_SEED,
         help="masks, monuseg: seed of the train / test split when the folder has no test/ "
@@ -114,6 +122,11 @@ class SegmentOptions(RunOptions, EncoderOptions):
         return with_values(self, **changes) if changes else self
 
     def check_options(self) -> None:
+        if self.label_count is not None and self.label_fraction != 1.0:
+            raise UserInputError(
+                f"--label-count {self.label_count} and --label-fraction {self.label_fraction:g}: "
+                "expected one of them"
+            )
         if self.crop % 32:
             raise UserInputError(
                 f"--crop {self.crop}: expected a multiple of 32 (the U-Net halves it 5 times)"

@@ -182,7 +182,9 @@ class ClassifyTask(LightningTask[ClassifyOptions]):
     def prepare(self, options: ClassifyOptions, resume: bool) -> None:
         self.source = labelled_source(options, "classify")
         labels = self.source.train.labels
-        self.subset = labelled_subset(labels, options.label_fraction, options.seed)
+        self.subset = labelled_subset(
+            labels, options.label_fraction, options.seed, count=options.label_count
+        )
 
     def description(self, options: ClassifyOptions) -> str:
         return source_description(self.source)
@@ -357,6 +359,7 @@ def finish_classify(
         "init": options.init,
         "init_description": describe_init(options.init),
         "label_fraction": options.label_fraction,
+        **({} if options.label_count is None else {"label_count": options.label_count}),
         "seed": options.seed,
         "n_labelled": int(len(subset)),
         "labelled_per_class": per_class,
@@ -404,7 +407,9 @@ def classify_report(metrics: dict[str, Any], options: ClassifyOptions) -> str:
     header = ["init", "label fraction", "n labelled", "val acc", "test acc", "test AUC"]
     row = [
         metrics["init_description"],
-        f"{metrics['label_fraction']:g}",
+        f"{metrics['label_fraction']:g}"
+        if "label_count" not in metrics
+        else f"count {metrics['label_count']}",
         metrics["n_labelled"],
         metrics["val_accuracy"],
         metrics["test_accuracy"],

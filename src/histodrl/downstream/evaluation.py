@@ -132,29 +132,105 @@ def pcam_splits(data: str, cache_ram: bool = False) -> dict[str, Any]:
     return splits
 
 
-def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded, class-stratified ``fraction`` of a labelled split.
+def labelled_subset(
+    labels: np.ndarray, fraction: float, seed: int, count: int | None = None
+) -> np.ndarray:
+    """Sorted indices of a seeded, class-stratified ``fraction`` (or ``count``) of a labelled split.
 
     Every class present keeps ``round(fraction x its size)`` examples, and at least one
     (:func:`histodrl.downstream.subsets.subset_indices`): 0.01 % of PCam's 262,144 training
     patches is 26 patches, 13 of each class. The same ``(labels, fraction, seed)`` always gives the
     same subset, so runs with different ``--init`` and the same ``--seed`` train on the same patches.
+    With ``count`` (``--label-count``) the subset has exactly ``count`` examples instead
+    (:func:`count_subset_indices`), ``fraction`` is then not used.
 
     Args:
         labels: class of each example. Shape: (N,).
         fraction: share of the examples to keep, in (0, 1].
         seed: seed of the draw.
+        count: number of examples to keep, or ``None`` (use ``fraction``).
 
     Returns:
         int64 indices, strictly increasing. Shape: (n_labelled,).
 
     Raises:
-        UserInputError: ``fraction`` outside (0, 1] or an empty split.
+        UserInputError: ``fraction`` outside (0, 1], an empty split, or a ``count`` larger than
+            the split or smaller than its number of classes.
     """
     from histodrl.downstream.subsets import subset_indices
 
     labels = np.asarray(labels)
+    if count is not None:
+        return count_subset_indices(
+            len(labels), count, seed, labels=labels, what="labelled training examples"
+        )
     return subset_indices(len(labels), fraction, seed, labels=labels).astype(np.int64)
+
+
+def count_subset_indices(
+    n: int,
+    count: int,
+    seed: int,
+    labels: np.ndarray | None = None,
+    what: str = "labelled examples",
+) -> np.ndarray:
+    """Sorted indices of a seeded subset of exactly ``count`` of ``n`` examples (``--label-count``).
+
+    Without ``labels`` the draw is the one :func:`histodrl.downstream.subsets.subset_indices`
+    makes for the fraction ``count / n`` (the first ``count`` of a seeded permutation), so a count
+    and the fraction it stands for give the same subset. With ``labels`` it is stratified: every
+    class present gets its share ``count x n_c / n`` rounded by largest remainders, at least one
+    example each, and the shares sum to ``count``; each class's examples are then the first of a
+    seeded permutation of its members, drawn class by class in label order. The same
+    ``(n, count, seed, labels)`` always gives the same subset, whatever the ``--init``.
+
+    Args:
+        n: size of the split.
+        count: number of examples to keep, ``1 <= count <= n``.
+        seed: seed of the draw.
+        labels: class (or grade) of each example, or ``None`` (no stratification). Shape: (n,).
+        what: how the examples are named in messages ("training images", "training tiles").
+
+    Returns:
+        int64 indices, strictly increasing. Shape: (count,).
+
+    Raises:
+        UserInputError: ``count`` below 1 or above ``n``, or (stratified) below the number of
+            classes present.
+    """
+    count = int(count)
+    if count < 1:
+        raise UserInputError(f"--label-count {count}: expected a number >= 1")
+    if count > n:
+        raise UserInputError(
+            f"--label-count {count}: expected at most {n}, the number of {what} in the training "
+            "split"
+        )
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.permutation(n)[:count]).astype(np.int64)
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"labels has shape {labels.shape}, expected ({n},)")
+    classes = np.unique(labels)
+    if count < len(classes):
+        raise UserInputError(
+            f"--label-count {count}: expected at least {len(classes)}, one per class of the "
+            f"training split (a stratified subset)"
+        )
+    members = [np.flatnonzero(labels == c) for c in classes]
+    sizes = np.array([len(m) for m in members])
+    quota = count * sizes / n
+    take = np.maximum(1, np.floor(quota)).astype(np.int64)
+    # Largest remainders first (ties: the lower class), then give back from the largest excess.
+    while take.sum() < count:
+        room = np.where(take < sizes, quota - take, -np.inf)
+        take[int(np.argmax(room))] += 1
+    while take.sum() > count:
+        excess = np.where(take > 1, take - quota, -np.inf)
+        take[int(np.argmax(excess))] -= 1
+    chosen = [rng.permutation(m)[:k] for m, k in zip(members, take)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def write_subset(run: Path, indices: np.ndarray) -> Path:

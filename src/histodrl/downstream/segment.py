@@ -78,6 +78,13 @@ from histodrl.runs.layout import METRICS_FILE, REPORT_FILE
 from histodrl.runs.lifecycle import Launch, LightningTask, run_task
 
 
+def _budget(options: SegmentOptions) -> str:
+    """``label fraction F`` or ``label count N``, as the options ask."""
+    if options.label_count is not None:
+        return f"label count {options.label_count}"
+    return f"label fraction {options.label_fraction}"
+
+
 class SegmentTask(LightningTask[SegmentOptions]):
     """``histodrl segment`` for :func:`histodrl.runs.lifecycle.run_task`: the source's training
     images of the label fraction, the U-Net, and the evaluation on each test part at the end."""
@@ -116,15 +123,16 @@ class SegmentTask(LightningTask[SegmentOptions]):
 
         source = self._load(options)
         self.train = source.train
-        self.chosen = training_images(self.train, options.label_fraction, options.seed)
+        self.chosen = training_images(
+            self.train, options.label_fraction, options.seed, count=options.label_count
+        )
 
     def _names(self) -> list[str]:
         return [self.train.records[i].name for i in self.chosen]
 
     def description(self, options: SegmentOptions) -> str:
         return (
-            f"{self.train.description}, {len(self.chosen)} used for training "
-            f"(label fraction {options.label_fraction})"
+            f"{self.train.description}, {len(self.chosen)} used for training ({_budget(options)})"
         )
 
     def write_inputs(self, run: Path, options: SegmentOptions) -> None:

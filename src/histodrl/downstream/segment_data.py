@@ -3,9 +3,9 @@
 * :data:`TRAIN_IMAGES_FILE`, :data:`SPLITS_FILE`: the run's lists of the images trained on (the
   label-fraction subset) and of every split of the source
   (:meth:`histodrl.data.labelled.SegmentationSource.split_lists`).
-* :func:`training_images`: the seeded ``--label-fraction`` subset of the training split (stratified
-  by benign / malignant grade when the records have grades, as GLaS's ``Grade.csv`` gives),
-  listed in ``RUN/train_images.txt``.
+* :func:`training_images`: the seeded ``--label-fraction`` (or ``--label-count``) subset of the
+  training split (stratified by benign / malignant grade when the records have grades, as GLaS's
+  ``Grade.csv`` gives), listed in ``RUN/train_images.txt``.
 * :class:`SegmentationCrops`: each item a random ``1.25 crop`` square window of one image with its
   object (and DCAN contour) targets, a function of ``(seed, epoch, item)`` only.
 * :func:`augment_batch`: on the device, a random flip / 90° turn, a random resized crop (area 50-100 %
@@ -48,7 +48,7 @@ CROP_RATIO = (3 / 4, 4 / 3)
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.04}
 
 
-def training_images(train: Any, fraction: float, seed: int) -> np.ndarray:
+def training_images(train: Any, fraction: float, seed: int, count: int | None = None) -> np.ndarray:
     """Indices of the label-fraction subset of the training images (stratified by grade if known).
 
     Args:
@@ -56,6 +56,13 @@ def training_images(train: Any, fraction: float, seed: int) -> np.ndarray:
             malignant, ``None`` when unknown; then the subset is not stratified).
         fraction: ``--label-fraction``.
         seed: the training ``--seed``.
+        count: ``--label-count``: exactly this many images instead of ``fraction``
+            (:func:`histodrl.downstream.evaluation.count_subset_indices`; without grades, the
+            same images as the fraction ``count / n``; a count below the number of grades
+            present is drawn without stratification), or ``None``.
+
+    Raises:
+        UserInputError: a bad fraction, or a count above the number of training images.
     """
     from histodrl.downstream.subsets import subset_indices
 
@@ -63,6 +70,12 @@ def training_images(train: Any, fraction: float, seed: int) -> np.ndarray:
     labels = (
         None if any(g is None for g in grades) else np.array([g == "malignant" for g in grades])
     )
+    if count is not None:
+        from histodrl.downstream.evaluation import count_subset_indices
+
+        if labels is not None and count < len(np.unique(labels)):
+            labels = None  # one image cannot show both grades
+        return count_subset_indices(len(train), count, seed, labels=labels, what="training images")
     return subset_indices(len(train), fraction, seed, labels=labels)
 
 

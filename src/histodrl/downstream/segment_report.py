@@ -211,6 +211,11 @@ def report_markdown(
     o = options
     kind = source.kind if source is not None else source_kind(o.data)
     singular, plural = object_nouns(kind)
+    budget = (
+        f"label count {o.label_count}"
+        if o.label_count is not None
+        else f"label fraction {o.label_fraction}"
+    )
     contour = (
         f"a DCAN contour channel ({o.contour_width} px deep inside each {singular}); {plural} = "
         f"{singular} > {o.threshold} AND contour <= {o.threshold} before the connected "
@@ -228,7 +233,7 @@ def report_markdown(
         f"# {TITLES.get(kind, TITLES['masks'])}",
         "",
         f"- Data: `{o.data}`; {n_used} of {n_train} training images "
-        f"(label fraction {o.label_fraction}, seed {o.seed}, listed in train_images.txt)",
+        f"({budget}, seed {o.seed}, listed in train_images.txt)",
         *notes,
         f"- Encoder: {o.arch}, width {o.width}, {init_description}; U-Net decoder random",
         f"- Training: {steps} steps of SGD (lr {o.lr}, momentum {o.momentum}, weight decay "

@@ -1,9 +1,11 @@
-"""Statistics over seeds: mean ± sample standard deviation, and the two-sided Welch t-test.
+"""Statistics over seeds: mean ± sample standard deviation, the two-sided Welch t-test and the
+two-sided paired t-test.
 
 The paper reports "mean ± std" over five runs and p-values between two methods (Tables I, III, IV,
 Fig. 4(a)) without naming the test; the reproduction uses the two-sided Welch t-test (unequal
 variances) over the per-seed values, and the sample standard deviation (``ddof=1``), and says so in
-every report.
+every report. Where seed k pairs the runs of two methods (the label-efficiency study: the same
+label subset and fine-tuning seed), :func:`paired_t_test` tests the per-seed differences.
 """
 
 from __future__ import annotations
@@ -118,6 +120,71 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> WelchTest:
     return WelchTest(t=t, df=df, p_value=min(1.0, p))
 
 
+@dataclass(frozen=True)
+class PairedTest:
+    """Result of :func:`paired_t_test` (the fields of :class:`WelchTest`).
+
+    Attributes:
+        t: ``mean(d) / (sd(d) / sqrt(n))`` of the differences ``d = a - b`` (``nan`` when not
+            computable).
+        df: ``n - 1`` (``nan`` when not computable).
+        p_value: two-sided p-value, or ``None`` when the test is not applicable.
+        reason: why ``p_value`` is ``None``, else ``None``.
+        n: number of pairs.
+    """
+
+    t: float
+    df: float
+    p_value: float | None
+    reason: str | None = None
+    n: int = 0
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
+    """Two-sided paired t-test of a zero mean difference between matched samples.
+
+    ``a[k]`` and ``b[k]`` are one pair (seed k of two methods). With ``d = a - b``, its mean
+    ``m``, sample standard deviation ``s`` (``ddof=1``) and ``n`` pairs::
+
+        t  = m / (s / sqrt(n))
+        df = n - 1
+        p  = 2 * P(T_df <= -|t|)
+
+    which is ``scipy.stats.ttest_rel(a, b)``.
+
+    Args:
+        a: per-seed values of the first method. Shape: (n,).
+        b: per-seed values of the second method, in the same seed order. Shape: (n,).
+
+    Returns:
+        A :class:`PairedTest`. Edge cases give ``p_value=None`` with the reason: fewer than 2
+        pairs, a non-finite value, or differences that are all equal (``s = 0``: t is undefined,
+        or infinite, whatever the mean; scipy then returns ``nan`` or ``±inf``).
+
+    Raises:
+        ValueError: ``a`` or ``b`` is not one-dimensional, or their lengths differ.
+    """
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.ndim != 1 or y.ndim != 1:
+        raise ValueError(f"a {x.shape}, b {y.shape}: expected two 1-D sequences")
+    if x.size != y.size:
+        raise ValueError(f"a has {x.size} values, b {y.size}: a paired test needs one pair each")
+    n = int(x.size)
+    if n < 2:
+        return PairedTest(math.nan, math.nan, None, FEWER_THAN_TWO, n)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return PairedTest(math.nan, math.nan, None, NON_FINITE, n)
+    d = x - y
+    # Constant differences have exactly zero variance (rounding would give ~1e-32 otherwise).
+    if np.ptp(d) == 0:
+        return PairedTest(math.nan, math.nan, None, ZERO_VARIANCE, n)
+    t = float(np.mean(d)) / (float(np.std(d, ddof=1)) / math.sqrt(n))
+    df = float(n - 1)
+    p = 2.0 * float(stdtr(df, -abs(t)))
+    return PairedTest(t=t, df=df, p_value=min(1.0, p), n=n)
+
+
 def format_summary(summary: Summary | None, digits: int, factor: float = 1.0) -> str:
     """``"0.900 ± 0.006 (5)"``: mean ± std (number of seeds); one seed gives ``"0.900 (1)"``.
 
@@ -134,7 +201,7 @@ def format_summary(summary: Summary | None, digits: int, factor: float = 1.0) ->
     return f"{mean:.{digits}f} ± {summary.std * factor:.{digits}f} ({summary.n})"
 
 
-def format_p(test: WelchTest | None) -> str:
+def format_p(test: WelchTest | PairedTest | None) -> str:
     """A p-value with 4 decimals (scientific below 1e-4), or ``"n/a (<reason>)"``."""
     if test is None:
         return "—"
