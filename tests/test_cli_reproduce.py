@@ -71,8 +71,9 @@ def test_table4_smoke_end_to_end_then_reused(data, tmp_path, capsys, monkeypatch
     assert (glas_config["gch"], glas_config["no_fem"], glas_config["lambda_"]) == (
         "hard",
         False,
-        0.01,
+        0.5,
     )
+    assert (glas_config["preset"], glas_config["global_head"]) == ("histodrl", "preact")
     segment = yaml.safe_load((runs / "fem/seed0/segment/config.yaml").read_text())
     assert segment["init"] == str(runs / "fem/seed0/pretrain-glas")
     baseline = yaml.safe_load((runs / "baseline/seed1/classify-f1/config.yaml").read_text())

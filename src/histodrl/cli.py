@@ -188,6 +188,7 @@ def _reproduce(options: tools.ReproduceOptions) -> int:
         imagenet=options.imagenet,
         seeds=options.seeds,
         scale=options.scale,
+        preset=options.preset,
         accelerator=options.accelerator,
         num_workers=options.num_workers,
         dry_run=options.dry_run,

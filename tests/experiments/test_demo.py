@@ -22,6 +22,10 @@ def test_demo_writes_a_report_with_both_inits_and_both_test_parts(tmp_path, caps
     assert (out / "figures" / "deformation.png").is_file()
     assert (out / "figures" / "pretraining_losses.png").is_file()
     assert (out / "pretrain-drl" / "encoder.safetensors").is_file()
+    # The monitor probed the encoder on its own generated set and the report shows its curve.
+    assert (out / "pretrain-drl" / "figures" / "monitor.png").is_file()
+    assert "(the random initialisation)" in report and "pretrain-drl/figures/monitor.png" in report
+    assert "data/glas-monitor" in report
 
 
 def test_a_new_demo_replaces_an_old_demo_folder(tmp_path):
@@ -74,3 +78,10 @@ def test_demo_at_full_budget_shows_drl_pretraining_learning(tmp_path):
     last = rows[-10:]
     gap = sum(float(r["train/sigmoid_pos"]) - float(r["train/sigmoid_neg"]) for r in last) / 10
     assert gap > 0.5
+    # Every term trains: the prior discriminator has not won, GCH is below chance (log 8).
+    assert sum(float(r["train/prior_d"]) for r in last) / 10 > 0.2
+    assert sum(float(r["train/gch"]) for r in last) / 10 < 2.0
+    from histodrl.pretext.monitor import read_monitor_curves
+
+    steps, dice = read_monitor_curves(out / "pretrain-drl")["monitor/pixel_dice"]
+    assert steps[0] == 0 and len(steps) >= 6

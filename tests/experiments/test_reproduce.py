@@ -115,8 +115,8 @@ def test_plan_layout_pretrains_per_dataset_before_the_tasks_seed_by_seed(data, t
     assert (pretrain.options.seed, pretrain.options.crop) == (1, 32)
     assert pretrain.options.no_fem and pretrain.options.max_steps == 4
     glas_pretrain = by_folder["lsh/seed1/pretrain-glas"]
-    # The pretrain default, 0.01, is the GLaS setting: the plan does not set it.
-    assert "lambda_" not in glas_pretrain.given and glas_pretrain.options.lambda_ == 0.01
+    # The preset (default histodrl) decides lambda: 0.5 on GLaS too, set by the plan.
+    assert glas_pretrain.options.lambda_ == 0.5 and glas_pretrain.options.preset == "histodrl"
     assert {"data", "out", "seed", "width", "crop", "gch", "no_fem"} <= pretrain.given
 
 
@@ -236,6 +236,7 @@ def test_dry_run_lists_the_runs_and_writes_nothing(data, tmp_path):
         ({"glas": "/nonexistent/glas"}, "--glas /nonexistent/glas: expected the GLaS folder"),
         ({"imagenet": "/nonexistent.pth"}, "--imagenet /nonexistent.pth: file not found"),
         ({"num_workers": -1}, "--num-workers -1"),
+        ({"preset": "literal"}, "--preset literal: expected one of histodrl, paper"),
     ],
 )
 def test_bad_input_is_one_user_error_before_anything_runs(data, tmp_path, kwargs, message):
@@ -265,6 +266,21 @@ def test_a_folder_made_at_another_scale_is_refused(data, tmp_path):
     with pytest.raises(UserInputError, match="used scale 'paper', not 'smoke'"):
         _reproduce(data, tmp_path, fake, seeds=1)
     assert fake.calls == []
+
+
+def test_the_paper_preset_runs_the_papers_reading_and_the_report_says_so(data, tmp_path):
+    fake = FakeHistodrl()
+    status, _ = _reproduce(data, tmp_path, fake, seeds=1, preset="paper")
+    assert status == 0
+    pretrains = {Path(o.out).name: o for c, o, _ in fake.calls if c == "pretrain"}
+    glas, pcam = pretrains["pretrain-glas"], pretrains["pretrain-pcam"]
+    assert (glas.preset, glas.lambda_, glas.global_head) == ("paper", 0.01, "relu")
+    assert (pcam.lambda_, pcam.global_head) == (0.5, "relu")
+    report = (tmp_path / "table4" / "report.md").read_text()
+    assert "`--preset paper`" in report and "literal reading" in report
+    # The folder now belongs to the paper preset: the default preset is refused.
+    with pytest.raises(UserInputError, match="used preset 'paper', not 'histodrl'"):
+        _reproduce(data, tmp_path, FakeHistodrl(), seeds=1)
 
 
 def test_names_expand_all_and_drop_duplicates():

@@ -13,6 +13,7 @@ from histodrl.experiments.tables import (
     Variant,
     experiment,
     pretrain_options,
+    pretrain_values,
     tap_resolution,
 )
 from histodrl.nn import vgg19_bn
@@ -85,13 +86,21 @@ def test_fig4_sweeps_lambda_and_reuses_drl_for_hard_0_5():
     assert all("--lambda" in v.options for v in sweep)
 
 
-def test_drl_gets_the_classification_lambda_on_pcam_only():
-    assert pretrain_options(DRL, "glas") == ["--method", "drl"]
-    assert pretrain_options(DRL, "pcam") == ["--method", "drl", "--lambda", "0.5"]
+def test_the_preset_sets_lambda_per_task_and_a_variant_lambda_wins():
+    assert pretrain_options(DRL, "glas") == ["--method", "drl", "--preset", "histodrl"]
+    assert pretrain_options(DRL, "pcam", "paper") == ["--method", "drl", "--preset", "paper"]
+    # histodrl: lambda 0.5 everywhere; paper: the paper's 0.01 on GLaS, 0.5 on PCam, post-ReLU.
+    for dataset in ("glas", "pcam"):
+        values = pretrain_values(DRL, dataset)
+        assert (values["lambda_"], values["global_head"]) == (0.5, "preact")
+    assert pretrain_values(DRL, "glas", "paper")["lambda_"] == 0.01
+    assert pretrain_values(DRL, "pcam", "paper")["lambda_"] == 0.5
+    assert pretrain_values(DRL, "glas", "paper")["global_head"] == "relu"
     swept = Variant("x", "x", method="drl", options=("--lambda", "1"))
-    assert pretrain_options(swept, "pcam") == ["--method", "drl", "--lambda", "1"]
+    assert pretrain_values(swept, "pcam", "paper")["lambda_"] == 1.0
+    assert pretrain_values(swept, "glas")["lambda_"] == 1.0
     dim = Variant("dim", "DIM", method="dim")
-    assert pretrain_options(dim, "pcam") == ["--method", "dim"]
+    assert pretrain_options(dim, "pcam") == ["--method", "dim", "--preset", "histodrl"]
     with pytest.raises(ValueError, match="no pretraining"):
         pretrain_options(Variant("r", "r", init="random"), "glas")
 

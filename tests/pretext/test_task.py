@@ -203,3 +203,32 @@ def test_two_processes_share_their_negatives(tissue_folder, tmp_path):
     assert rows, "no foreign_negatives logged"
     # Batch 4 per process: each process saw the other's 4 deformed descriptors.
     assert all(float(r["train/foreign_negatives"]) == 4 for r in rows)
+
+
+def test_preset_sets_lambda_and_global_head_and_typed_values_win(tissue_folder, tmp_path, capsys):
+    import yaml
+
+    from histodrl.commands.pretrain import PretrainOptions
+
+    def resolved(kind, **values):
+        o = PretrainOptions(method="drl", data=f"{kind}:/d", out="/r", **values).resolved()
+        return o.lambda_, o.global_head
+
+    assert resolved("glas") == (0.5, "preact")
+    assert resolved("pcam") == (0.5, "preact")
+    assert resolved("glas", preset="paper") == (0.01, "relu")
+    assert resolved("pcam", preset="paper") == (0.5, "relu")
+    assert resolved("folder", preset="paper", lambda_=1.0, global_head="preact") == (1.0, "preact")
+    # The run records the preset and what it resolved to; the model card names them.
+    run = tmp_path / "paper"
+    args = ["--max-steps", "1", "--preset", "paper"]
+    assert main(_pretrain(f"glas:{tissue_folder}", run, *args)) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["preset"], config["lambda_"], config["global_head"]) == ("paper", 0.01, "relu")
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "lambda 0.01" in card and "global vector `relu`" in card
+    # Resuming with another preset is refused: it would change the loss.
+    assert main(_pretrain(f"glas:{tissue_folder}", run, "--max-steps", "2", "--resume")) == 0
+    capsys.readouterr()
+    assert main(_pretrain(f"glas:{tissue_folder}", run, "--resume", "--preset", "histodrl")) == 2
+    assert "preset" in capsys.readouterr().err

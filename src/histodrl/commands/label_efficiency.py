@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from histodrl.commands.common import ACCELERATORS
 from histodrl.commands.options import at_least, option, options_class, within
 from histodrl.errors import UserInputError
-from histodrl.pretext.options import METHODS
+from histodrl.pretext.options import METHODS, PRESETS
 
 #: ``--methods`` entry that means "no pretraining" (a randomly initialised trunk).
 RANDOM = "random"
@@ -142,6 +142,13 @@ class LabelEfficiencyOptions:
         "3 methods x 5 seeds x 2-4 budgets); smoke: 1/8 wide, 64 px, a few steps (tests); "
         "paper: every command's defaults, for a GPU (default: cpu)",
         choices=SCALE_NAMES,
+    )
+    preset: str = option(
+        "histodrl",
+        help="DRL / DIM pretraining defaults (pretrain --preset): histodrl = lambda 0.5; paper = "
+        "the paper's literal reading, lambda 0.01 for segmentation, 0.5 for classification "
+        "(default: histodrl)",
+        choices=PRESETS,
     )
     split_seed: int = option(
         0,

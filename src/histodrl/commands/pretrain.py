@@ -18,6 +18,7 @@ from histodrl.pretext.options import (
     BaselineOptions,
     DeformationOptions,
     DRLOptions,
+    preset_value,
 )
 
 _TRAIN = "training (every method)"
@@ -116,11 +117,15 @@ class PretrainOptions(RunOptions, DRLOptions, DeformationOptions, BaselineOption
 
     def resolved(self) -> PretrainOptions:
         """The options with the data-dependent defaults filled in (crop; epochs unless
-        ``--max-steps`` alone sets the length)."""
+        ``--max-steps`` alone sets the length; ``--lambda`` and ``--global-head`` from
+        ``--preset``)."""
         kind = source_kind(self.data)
         changes: dict[str, object] = {}
         if self.crop is None:
             changes["crop"] = DEFAULT_CROP.get(kind, FALLBACK_CROP)
         if self.epochs is None and self.max_steps is None:
             changes["epochs"] = DEFAULT_EPOCHS.get(kind, FALLBACK_EPOCHS)
+        for name in ("lambda_", "global_head"):
+            if getattr(self, name) is None:
+                changes[name] = preset_value(self.preset, name, kind)
         return with_values(self, **changes) if changes else self

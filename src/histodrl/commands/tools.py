@@ -4,6 +4,7 @@ reproduce (torch-free)."""
 from __future__ import annotations
 
 from histodrl.commands.options import at_least, greater, option, options_class
+from histodrl.pretext.options import PRESETS
 
 
 @options_class
@@ -92,6 +93,13 @@ class ReproduceOptions:
         "smoke",
         help="smoke: 1/8-wide trunk, tiny crops, a few steps (tests the harness on a CPU); "
         "paper: the paper's settings, for a GPU (default: smoke)",
+    )
+    preset: str = option(
+        "histodrl",
+        help="DRL / DIM pretraining defaults (pretrain --preset): histodrl = lambda 0.5 and the "
+        "pre-activation global vector; paper = the paper's literal reading, lambda 0.01 on GLaS "
+        "and 0.5 on PCam, post-ReLU (default: histodrl)",
+        choices=PRESETS,
     )
     accelerator: str = option("auto", help="cpu, gpu or auto (every run)")
     num_workers: int | None = option(

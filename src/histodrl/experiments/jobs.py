@@ -31,6 +31,7 @@ class Settings:
         imagenet: torchvision's ``vgg19_bn`` weight file, or ``None`` (no ImageNet arm).
         accelerator: ``auto``, ``cpu`` or ``gpu``.
         num_workers: DataLoader workers of every run (``None``: the scale's choice).
+        preset: ``pretrain --preset`` of every pretraining run (``histodrl`` or ``paper``).
     """
 
     out: Path
@@ -41,6 +42,7 @@ class Settings:
     imagenet: str | None = None
     accelerator: str = "auto"
     num_workers: int | None = None
+    preset: str = "histodrl"
 
     def data(self, dataset: str) -> str:
         """``glas:DIR`` or ``pcam:DIR``."""

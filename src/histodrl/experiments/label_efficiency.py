@@ -69,6 +69,7 @@ from histodrl.experiments.stats import (
 )
 from histodrl.experiments.tables import EXEMPLAR_CLASSES, Variant, pretrain_values
 from histodrl.io import atomic_write_text
+from histodrl.pretext.options import PRESET_TEXT
 from histodrl.runs.layout import ENCODER_FILE, FIGURES_DIR, METRICS_FILE, REPORT_FILE
 
 RUNS_DIR = "runs"
@@ -571,10 +572,11 @@ def _pretrain_crop(study: Study) -> int | None:
 def _pretrain_job(study: Study, method: str, seed: int, folder: Path) -> StudyJob:
     scale = study.scale
     v = variant(method)
-    # Segmentation encoders get DRL's segmentation lambda (0.01), classification ones 0.5
-    # (paper IV-B), as in the reproduction.
+    # --preset paper reads segmentation encoders as GLaS ones (lambda 0.01), classification ones as
+    # PCam ones (0.5), paper IV-B, as the reproduction does.
+    dataset = "glas" if study.facts.task == "segment" else "pcam"
     values: dict[str, Any] = {
-        **pretrain_values(v, "glas" if study.facts.task == "segment" else "pcam"),
+        **pretrain_values(v, dataset, study.options.preset),
         **{"data": study.pretrain.spec, "out": str(folder), "seed": seed},
         **dict(scale.pretrain),
         **{"no_progress": True, **study.runtime()},
@@ -873,6 +875,8 @@ def _command_line(study: Study) -> str:
     parts = ["histodrl label-efficiency", f"--data {study.facts.spec}"]
     parts += [f"--methods {','.join(study.methods)}", f"--labels {o.labels}"]
     parts += [f"--seeds {o.seeds}", f"--scale {o.scale}", f"--out {study.out}"]
+    if o.preset != "histodrl":
+        parts.append(f"--preset {o.preset}")
     if o.pretrain_data:
         parts.append(f"--pretrain-data {o.pretrain_data}")
     if study.facts.kind in ("masks", "monuseg", "folder"):
@@ -930,6 +934,8 @@ def write_report(
         "of the label subset, so at seed k every method fine-tunes on the same labelled images "
         "with the same seed.",
         f"- **Scale**: {study.scale.description}.",
+        f"- **Preset**: `--preset {o.preset}` for DRL and DIM pretraining "
+        f"({PRESET_TEXT[o.preset]}).",
         f"- **Command**: `{_command_line(study)}`.",
         f"- **Commit**: {git_commit()}.",
         f"- **Runs**: {finished} of {len(jobs)} finished, under `{RUNS_DIR}/<method>/seed<k>/`; "
@@ -976,6 +982,7 @@ def write_report(
 def _settings(study: Study) -> dict[str, Any]:
     o, facts = study.options, study.facts
     settings: dict[str, Any] = {"data": facts.spec, "scale": study.scale.name}
+    settings["preset"] = o.preset
     settings["pretrain_data"] = study.pretrain.spec
     if facts.kind in ("masks", "monuseg", "folder"):
         settings |= {"split_seed": o.split_seed, "test_fraction": o.test_fraction}

@@ -38,6 +38,7 @@ from histodrl.experiments.tables import (
     tap_resolution,
 )
 from histodrl.io import atomic_path, atomic_write_text
+from histodrl.pretext.options import PRESET_TEXT
 
 REPORT_FILE = "report.md"
 CSV_FILE = "runs.csv"
@@ -692,6 +693,8 @@ def write_report(
         f"# {exp.title}: reproduction",
         "",
         f"- **Scale**: {settings.scale.description}.",
+        f"- **Preset**: `--preset {settings.preset}` for every DRL and DIM pretraining run "
+        f"({PRESET_TEXT[settings.preset]}).",
         f"- **Data**: {'; '.join(data.values())}.",
         f"- **Seeds**: {seeds} ({settings.seeds} per row); seed k drives the pretraining, the "
         "fine-tuning and the label subset of its runs.",

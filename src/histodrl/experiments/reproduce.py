@@ -54,6 +54,7 @@ from histodrl.experiments.tables import (
     pretrain_values,
 )
 from histodrl.io import atomic_write_text
+from histodrl.pretext.options import PRESETS
 from histodrl.runs.layout import ENCODER_FILE, read_run_config
 from histodrl.runs.lifecycle import Launch
 
@@ -152,7 +153,7 @@ def _pretrain_job(
     scale = settings.scale
     crop = scale.glas_crop if dataset == "glas" else scale.pcam_crop
     values: dict[str, Any] = {
-        **pretrain_values(variant, dataset),
+        **pretrain_values(variant, dataset, settings.preset),
         **{"data": settings.data(dataset), "out": str(folder), "seed": seed},
         **{"width": scale.width, "crop": crop},
         **dict(scale.pretrain),
@@ -389,7 +390,7 @@ def _check_data(exp: Experiment, settings: Settings) -> dict[str, str]:
 
 def _check_plan_file(folder: Path, settings: Settings, exp: Experiment) -> None:
     """Refuse a folder made with another scale or other data; record this call's otherwise."""
-    current = {"scale": settings.scale.name}
+    current = {"scale": settings.scale.name, "preset": settings.preset}
     for dataset in exp.datasets:
         current[dataset] = settings.glas if dataset == "glas" else settings.pcam
     path = folder / PLAN_FILE
@@ -437,6 +438,7 @@ def reproduce(
     imagenet: str | None = None,
     seeds: int = 5,
     scale: str = "smoke",
+    preset: str = "histodrl",
     accelerator: str = "auto",
     num_workers: int | None = None,
     dry_run: bool = False,
@@ -456,6 +458,9 @@ def reproduce(
         imagenet: torchvision's ``vgg19_bn`` weights, for the ImageNet arm (``--scale paper``).
         seeds: seeds 0 .. seeds-1 per arm (>= 1).
         scale: ``smoke`` or ``paper``.
+        preset: ``pretrain --preset`` of every pretraining run: ``histodrl`` (λ = 0.5, the
+            pre-activation global vector) or ``paper`` (the paper's λ = 0.01 on GLaS, 0.5 on
+            PCam, post-ReLU); the report names it.
         accelerator: of every run.
         num_workers: DataLoader workers of every run (``None``: 0 at smoke scale, each command's
             default at paper scale).
@@ -465,8 +470,8 @@ def reproduce(
 
     Raises:
         UserInputError: an unknown name or scale, ``seeds < 1``, missing or unreadable data, an
-            ImageNet file that does not exist or comes with ``--scale smoke``, an output folder
-            made with another scale or data, or a failed run (with its log's path).
+            ImageNet file that does not exist or comes with ``--scale smoke``, an unknown preset,
+            an output folder made with another scale, preset or data, or a failed run (with its log's path).
     """
     if not isinstance(seeds, int) or seeds < 1:
         raise UserInputError(f"--seeds {seeds}: expected an integer >= 1")
@@ -474,6 +479,8 @@ def reproduce(
         raise UserInputError(f"--scale {scale}: expected one of {', '.join(SCALES)}")
     if num_workers is not None and num_workers < 0:
         raise UserInputError(f"--num-workers {num_workers}: expected an integer >= 0")
+    if preset not in PRESETS:
+        raise UserInputError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
     chosen = expand_names(names)
     if imagenet is not None:
         if not Path(imagenet).is_file():
@@ -495,6 +502,7 @@ def reproduce(
         imagenet=imagenet,
         accelerator=accelerator,
         num_workers=num_workers,
+        preset=preset,
     )
     experiments = [experiment(name, imagenet=imagenet is not None) for name in chosen]
     data = {}

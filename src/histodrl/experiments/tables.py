@@ -5,7 +5,8 @@ is obtained: a pretraining method and its options, random init or ImageNet weigh
 downstream :class:`Task`\\ s run from that encoder. Every arm is run once per seed.
 
 Pretraining data follows the task (paper IV-B): segmentation (and Fig. 5) encoders are pretrained on
-GLaS with the GLaS λ = 0.01, classification and probe encoders on PCam with λ = 0.5. A variant that
+GLaS, classification and probe encoders on PCam; λ comes from ``--preset`` (``histodrl``: 0.5 on
+both; ``paper``: the paper's 0.01 on GLaS and 0.5 on PCam) unless a variant sets it. A variant that
 has both kinds of task (Table IV) therefore has two pretraining runs, ``pretrain-glas`` and
 ``pretrain-pcam``. The settings of each :class:`Scale` are the options passed to every run.
 
@@ -29,9 +30,8 @@ from histodrl.experiments.paper_numbers import (
     TABLE2_TAP_M,
     TABLE3_FRACTIONS,
 )
+from histodrl.pretext.options import preset_value
 
-GLAS_LAMBDA = 0.01  # paper IV-B: λ for segmentation pretraining (the pretrain default)
-PCAM_LAMBDA = 0.5  # paper IV-B: λ for classification pretraining
 EXEMPLAR_CLASSES = 4000  # the pretrain default; capped by the number of pretraining items
 TAP_STRIDES: dict[str, int] = {"conv3_4": 4, "conv4_4": 8, "conv5_4": 16, "pool5": 32}
 PROBE_BLOCKS: tuple[str, ...] = ("conv2", "conv3", "conv4")
@@ -332,18 +332,17 @@ def experiment(name: str, imagenet: bool = False) -> Experiment:
     )
 
 
-def pretrain_options(variant: Variant, dataset: str) -> list[str]:
-    """``--method`` and the variant's options for pretraining on ``dataset`` (``glas``/``pcam``).
+def pretrain_options(variant: Variant, dataset: str, preset: str = "histodrl") -> list[str]:
+    """``--method``, ``--preset`` and the variant's options for pretraining on ``dataset``.
 
-    DRL on PCam gets the paper's classification λ = 0.5 unless the variant sets ``--lambda``; on
-    GLaS the pretrain default (0.01) is the paper's segmentation λ.
+    ``--preset`` sets the defaults of ``--lambda`` and ``--global-head`` (a variant's own
+    ``--lambda`` wins): ``histodrl`` gives λ = 0.5 everywhere; ``paper`` the paper's λ = 0.01 for
+    segmentation (GLaS) and 0.5 for classification (PCam), paper IV-B. ``dataset`` (``glas`` /
+    ``pcam``) is the kind the preset reads.
     """
     if variant.method is None:
         raise ValueError(f"{variant.key}: has no pretraining (init {variant.init})")
-    options = ["--method", variant.method, *variant.options]
-    if variant.method == "drl" and dataset == "pcam" and "--lambda" not in variant.options:
-        options += ["--lambda", f"{PCAM_LAMBDA:g}"]
-    return options
+    return ["--method", variant.method, "--preset", preset, *variant.options]
 
 
 class _FlagParser(argparse.ArgumentParser):
@@ -367,10 +366,14 @@ def option_values(cls: type, flags: Sequence[str]) -> dict[str, Any]:
     return dict(om.typed_from_namespace(cls, namespace).values)
 
 
-def pretrain_values(variant: Variant, dataset: str) -> dict[str, Any]:
-    """:func:`pretrain_options` as values of :class:`~histodrl.commands.pretrain.PretrainOptions`
-    (``{"method": "drl", "lambda_": 0.5}``)."""
-    return option_values(PretrainOptions, pretrain_options(variant, dataset))
+def pretrain_values(variant: Variant, dataset: str, preset: str = "histodrl") -> dict[str, Any]:
+    """:func:`pretrain_options` as values of :class:`~histodrl.commands.pretrain.PretrainOptions`,
+    with ``lambda_`` and ``global_head`` filled in from the preset for ``dataset``
+    (``{"method": "drl", "preset": "paper", "lambda_": 0.01, "global_head": "relu"}``)."""
+    values = option_values(PretrainOptions, pretrain_options(variant, dataset, preset))
+    for name in ("lambda_", "global_head"):
+        values.setdefault(name, preset_value(preset, name, dataset))
+    return values
 
 
 def tap_resolution(tap: str, crop: int) -> int:

@@ -67,8 +67,8 @@ class PretextModule(LoaderFromTask, L.LightningModule):
     def __init__(self, options: PretrainOptions | Mapping[str, Any]) -> None:
         super().__init__()
         self.options = pretrain_options(options)
-        if self.options.crop is None:
-            self.options = self.options.resolved()
+        # Fills what the data and --preset decide (crop, epochs, lambda, global head), if unset.
+        self.options = self.options.resolved()
         self.save_hyperparameters(to_config(self.options))
         self.seed = self.options.seed
         self.crop = int(self.options.crop)

@@ -113,7 +113,8 @@ class DRL(PretextModule):
             f"S = {size} px; zero-padded Gaussian smoothing, reflection sampling",
             f"- DRL: tap `{o.tap}`, FEM {'off' if o.no_fem else 'on'}, "
             f"GCH {o.gch} (lambda {o.lambda_}, tau {o.temperature}), "
-            f"LSH {o.lsh}, prior gamma {o.gamma}, global vector `{o.global_head}`",
+            f"LSH {o.lsh}, prior gamma {o.gamma}, global vector `{o.global_head}` "
+            f"(preset `{o.preset}`)",
         ]
 
     # -- pieces ------------------------------------------------------------------------------------

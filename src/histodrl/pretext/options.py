@@ -38,6 +38,33 @@ TAPS = ("conv3_4", "conv4_4", "conv5_4", "pool5")
 #: Where DRL and DIM take their global vector from (``--global-head``).
 GLOBAL_HEADS = ("preact", "relu")
 
+#: ``--preset``: where the defaults of ``--lambda`` and ``--global-head`` come from.
+#: ``histodrl``: what the measurements support (README "How this implementation reads the paper"):
+#: lambda 0.5 on every source, the global vector before the FEM's ReLU. ``paper``: the paper's
+#: literal reading: lambda 0.01 (0.5 on PCam, paper IV-B), the global vector pooled after the ReLU.
+PRESETS = ("histodrl", "paper")
+PRESET_DEFAULTS: dict[str, dict[str, object]] = {
+    "histodrl": {"lambda_": 0.5, "global_head": "preact"},
+    "paper": {"lambda_": 0.01, "global_head": "relu"},
+}
+#: One line per preset, for reports.
+PRESET_TEXT = {
+    "histodrl": "λ = 0.5, the global vector before the FEM's ReLU: what the measurements support",
+    "paper": "the paper's literal reading: λ = 0.01 for segmentation, 0.5 for PCam, the global "
+    "vector pooled after the FEM's ReLU",
+}
+#: The paper's lambda per source kind where it differs from ``PRESET_DEFAULTS["paper"]``.
+PAPER_LAMBDA = {"pcam": 0.5}
+
+
+def preset_value(preset: str, name: str, kind: str | None = None) -> object:
+    """The default of option ``name`` (``lambda_`` or ``global_head``) under ``preset`` for a
+    source of ``kind`` (``glas``, ``pcam``, ...)."""
+    if preset == "paper" and name == "lambda_" and kind in PAPER_LAMBDA:
+        return PAPER_LAMBDA[kind]
+    return PRESET_DEFAULTS[preset][name]
+
+
 _DRL = "DRL (method drl; dim uses --tap, --gamma and --prior-penalty)"
 _DEFORM = "deformation (drl)"
 _BASELINES = "baselines (dim, rotation, colorization, inpainting, exemplar, vae, genesis)"
@@ -52,10 +79,19 @@ class DRLOptions:
     )
     gch: str = option("hard", help="L_GCH variant", choices=("none", "hard", "soft"), group=_DRL)
     lsh: str = option("jsd", help="L_LSH form (E2)", choices=("jsd", "literal"), group=_DRL)
-    lambda_: float = option(
-        0.01,
+    preset: str = option(
+        "histodrl",
+        help="defaults of --lambda and --global-head: histodrl = 0.5 and preact (what the "
+        "measurements support); paper = the paper's literal reading, 0.01 (0.5 on PCam) and "
+        "relu (README: How this implementation reads the paper)",
+        choices=PRESETS,
+        group=_DRL,
+    )
+    lambda_: float | None = option(
+        None,
         flag="--lambda",
-        help="weight of L_GCH (paper: 0.01 for GLaS, 0.5 for PCam; default: 0.01)",
+        help="weight of L_GCH (default: 0.5; --preset paper: 0.01, 0.5 on PCam, as the paper's "
+        "GLaS and PCam settings)",
         check=at_least(0),
         group=_DRL,
     )
@@ -71,11 +107,12 @@ class DRLOptions:
     prior_penalty: float = option(
         0.0, help="prior discriminator gradient penalty", check=at_least(0), group=_DRL
     )
-    global_head: str = option(
-        "preact",
+    global_head: str | None = option(
+        None,
         help="source of the global vector h (F_G = L2norm(h), prior input sigmoid(h)): preact = "
         "the FEM output before its ReLU (without a FEM: a Linear-BatchNorm projection of the "
-        "pooled tap); relu = the post-ReLU map, METHOD.md (b)'s measured failure, for comparison",
+        "pooled tap); relu = the post-ReLU map, METHOD.md (b)'s measured failure, for comparison "
+        "(default: preact; --preset paper: relu)",
         choices=GLOBAL_HEADS,
         group=_DRL,
     )
