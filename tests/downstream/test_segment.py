@@ -129,3 +129,32 @@ def test_short_fine_tuning_beats_trivial_predictions_and_writes_the_run(glas, tm
         assert f"](figures/{name}.png)" in report
         assert (run / "figures" / f"{name}.png").stat().st_size > 0
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_skip_hausdorff_scores_the_same_f1_and_dice_without_the_distance(glas, tmp_path):
+    run = tmp_path / "run"
+    options = SegmentOptions(
+        data=f"glas:{glas}",
+        out=str(run),
+        width=0.125,
+        crop=64,
+        max_steps=3,
+        batch_size=4,
+        num_workers=0,
+        no_progress=True,
+        figures=0,
+        skip_hausdorff=True,
+    )
+    metrics = run_segment(options)
+    tests = GlasDataset(glas, parts=("testA", "testB"))
+    for part in ("testA", "testB"):
+        records = [r for r in tests.records if r.part == part]
+        gts = [tests[i]["label"] for i in range(len(tests)) if tests[i]["part"] == part]
+        preds = [read_label_image(run / "predictions" / f"{r.name}.png") for r in records]
+        reference = glas_metrics(preds, gts)
+        pooled = metrics[part]["pooled"]
+        assert pooled["hausdorff"] is None and metrics[part]["mean"]["hausdorff"] is None
+        assert pooled["f1"] == pytest.approx(reference["f1"])
+        assert pooled["dice"] == pytest.approx(reference["dice"])
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert "| skipped |" in (run / "report.md").read_text()

@@ -83,6 +83,12 @@ class SegmentOptions(RunOptions, EncoderOptions):
     )
     momentum: float = option(0.9, help="SGD momentum", check=within(0, 1), group=_TRAIN)
     weight_decay: float = option(5e-4, help="SGD weight decay", check=at_least(0), group=_TRAIN)
+    skip_hausdorff: bool = option(
+        False,
+        help="do not compute the object Hausdorff distance (the slow part of scoring when "
+        "predictions are poor: distance transforms per matched pair); metrics.json has null",
+        runtime=True,
+    )
     contour: bool = option(
         False,
         help="add a DCAN contour channel; glands are split where the contour is predicted",

@@ -78,6 +78,11 @@ from histodrl.runs.layout import METRICS_FILE, REPORT_FILE
 from histodrl.runs.lifecycle import Launch, LightningTask, run_task
 
 
+def _hd(value: float | None) -> str:
+    """An object Hausdorff for the console: 2 decimals, or ``skipped`` (``--skip-hausdorff``)."""
+    return "skipped" if value is None else f"{value:.2f}"
+
+
 def _budget(options: SegmentOptions) -> str:
     """``label fraction F`` or ``label count N``, as the options ask."""
     if options.label_count is not None:
@@ -238,7 +243,7 @@ class SegmentTask(LightningTask[SegmentOptions]):
             s = values["pooled"]
             print(
                 f"histodrl: {part} ({values['n_images']} images, pooled): F1 {s['f1']:.4f}, "
-                f"object Dice {s['dice']:.4f}, object Hausdorff {s['hausdorff']:.2f}, "
+                f"object Dice {s['dice']:.4f}, object Hausdorff {_hd(s['hausdorff'])}, "
                 f"pixel Dice {s['pixel_dice']:.4f}"
             )
         print(f"histodrl: wrote {run / REPORT_FILE}")

@@ -181,6 +181,7 @@ def evaluate_parts(
     Returns:
         ``(metrics, kept)``: ``metrics[part]`` is ``{"pooled": {"f1", "dice", "hausdorff",
         "pixel_dice"}, "mean": {...}, "n_images", "n_empty_pred", "n_empty_gt"}`` for each part
+        (``hausdorff`` ``None`` with ``--skip-hausdorff``)
         with images; ``kept`` the images chosen for figures, in the order they were segmented.
     """
     from histodrl.metrics.glas import aggregate_terms, image_terms
@@ -212,7 +213,7 @@ def evaluate_parts(
             )
             if predictions_dir is not None:
                 write_label_png(predictions_dir / f"{item['name']}.png", labels)
-            terms.append(image_terms(labels, item["label"]))
+            terms.append(image_terms(labels, item["label"], hausdorff=not options.skip_hausdorff))
             pixels.append(pixel_terms(labels, item["label"]))
             empty_pred += not labels.any()
             empty_gt += not item["label"].any()
@@ -224,6 +225,8 @@ def evaluate_parts(
         for aggregate in ("pooled", "mean"):
             values = aggregate_terms(terms, aggregate=aggregate)
             scores[aggregate] = {k: float(values[k]) for k in ("f1", "dice", "hausdorff")}
+            if options.skip_hausdorff:
+                scores[aggregate]["hausdorff"] = None  # not computed (--skip-hausdorff)
             scores[aggregate]["pixel_dice"] = pixel_dice(pixels, aggregate)
         metrics[part] = {
             **scores,

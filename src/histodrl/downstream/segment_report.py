@@ -124,9 +124,10 @@ def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
     for part, values in metrics.items():
         for aggregate in ("pooled", "mean"):
             s = values[aggregate]
+            hd = "skipped" if s["hausdorff"] is None else f"{s['hausdorff']:.2f}"
             lines.append(
                 f"| {part} | {aggregate} | {values['n_images']} | {s['f1']:.4f} | "
-                f"{s['dice']:.4f} | {s['hausdorff']:.2f} | {s['pixel_dice']:.4f} |"
+                f"{s['dice']:.4f} | {hd} | {s['pixel_dice']:.4f} |"
             )
     return "\n".join(lines)
 
