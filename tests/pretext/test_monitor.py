@@ -209,3 +209,30 @@ def test_monitor_is_logged_changes_no_weight_and_may_join_on_resume(glas, class_
     assert all(not r.get("monitor/knn_acc") for r in rows)
     assert M.read_monitor_curves(plain)["monitor/pixel_dice_conv3_4"][0] == [4, 7]
     assert (plain / "figures" / "monitor.png").is_file()
+
+
+def test_calibrated_scores_do_not_depend_on_the_encoders_running_statistics(glas):
+    """The probe normalises with statistics of the fit images, not those the encoder carries: the
+    same weights with fresh (0 / 1) and with trained running statistics score the same, and the
+    uncalibrated evaluation tells them apart."""
+    from histodrl.nn import build_encoder
+
+    sample = M.load_monitor_sample(f"glas:{glas}", crop=64, images=8)
+    fresh = build_encoder("vgg19_bn", 0.125, generator=torch.Generator().manual_seed(0))
+    trained = build_encoder("vgg19_bn", 0.125, generator=torch.Generator().manual_seed(0))
+    trained.train()
+    with torch.no_grad():
+        for _ in range(3):
+            trained(torch.rand(4, 3, 64, 64) * 0.5 + 0.25)
+    assert not torch.equal(fresh.features[1].running_mean, trained.features[1].running_mean)
+    blocks = M.monitor_blocks("conv4_4")
+    a, b = M.evaluate(fresh, sample, blocks), M.evaluate(trained, sample, blocks)
+    for block in blocks:
+        assert a[block]["pixel_dice"] == pytest.approx(b[block]["pixel_dice"], abs=1e-6)
+    raw_a = M.evaluate(fresh, sample, blocks, calibrate=False)
+    raw_b = M.evaluate(trained, sample, blocks, calibrate=False)
+    assert any(raw_a[k]["pixel_dice"] != raw_b[k]["pixel_dice"] for k in blocks)
+    # the encoder itself keeps its statistics
+    assert torch.equal(
+        fresh.features[1].running_var, torch.ones_like(fresh.features[1].running_var)
+    )

@@ -21,8 +21,9 @@ default, so the monitor never looks at a downstream test image.
   pretraining crop size at seeded positions; the training images are split in two halves
   (seeded), the fit crops come from one, the score crops from the other.
 
-**Evaluation** (:func:`evaluate`): the encoder in eval mode (BatchNorm normalises with its running
-statistics and does not update them; every submodule's train/eval flag is restored after),
+**Evaluation** (:func:`evaluate`): a copy of the encoder whose BatchNorm running statistics are
+re-estimated on the fit images (:func:`calibrated_copy`; the encoder being trained keeps its own),
+in eval mode (every submodule's train/eval flag is restored after),
 without gradients, under the autocast of the run's precision, straight through the uncompiled
 trunk. Blocks (:func:`monitor_blocks`): ``conv3_4``, the method's tap (the deepest map it trains:
 DRL/DIM ``--tap``, default ``conv4_4``; ``pool5`` for the baselines) and ``pool5`` (for DRL the
@@ -431,6 +432,7 @@ def evaluate(
     prepare: Any = None,
     precision: str | None = "32-true",
     batch: int = EVAL_BATCH,
+    calibrate: bool = True,
 ) -> dict[str, dict[str, float]]:
     """The monitor's scores of ``encoder`` on ``sample``: ``{tap: {metric: value}}``.
 
@@ -444,6 +446,10 @@ def evaluate(
         precision: the run's Lightning precision (autocast as :func:`histodrl.runs.trainer.
             autocast_for`); features and probes are float32.
         batch: images per forward pass.
+        calibrate: probe a copy whose BatchNorm running statistics are re-estimated on the fit
+            images (:func:`calibrated_copy`), so that every evaluation, the random
+            initialisation's at step 0 included, normalises with statistics of the same images;
+            ``False``: the encoder's own statistics (a fresh trunk's are 0 / 1).
     """
     from histodrl.data.augment import to_float
     from histodrl.runs.trainer import autocast_for
@@ -453,11 +459,16 @@ def evaluate(
     device, dtype = param.device, param.dtype
     taps = list(taps)
 
-    def maps(images: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
+    def inputs(images: torch.Tensor) -> Iterator[torch.Tensor]:
         for x in _batches(images, device, batch):
             x = prepare(to_float(x))
-            if dtype != torch.float32:
-                x = x.to(dtype)
+            yield x.to(dtype) if dtype != torch.float32 else x
+
+    if calibrate:
+        encoder = calibrated_copy(encoder, inputs(sample.fit_images), precision)
+
+    def maps(images: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
+        for x in inputs(images):
             with autocast_for(device, precision):
                 out = encoder.forward_taps(x, taps)
             yield {tap: out[tap].float() for tap in taps}
@@ -473,6 +484,37 @@ def evaluate(
                 for tap in taps
             }
         return _pixel_scores(sample, maps, taps, device, batch)
+
+
+def calibrated_copy(
+    encoder: torch.nn.Module, batches: Iterator[torch.Tensor], precision: str | None
+) -> torch.nn.Module:
+    """A copy of ``encoder`` whose BatchNorm running statistics are the average over ``batches``
+    (cumulative: ``momentum=None``), in eval mode; ``encoder`` itself is not touched.
+
+    Without it the monitor's first point would not be comparable with the others: a fresh trunk's
+    running statistics are mean 0 / variance 1, so in eval mode its BatchNorm layers do not
+    normalise at all, while a trained one normalises with its pretraining data's statistics. With
+    it every point normalises as fine-tuning on these images would (batch statistics of the same
+    images). It matters: on 16 MoNuSeg training tiles (width 1/4, 128 px crops, 256 crops) the
+    conv4_4 pixel probe of two random trunks scored 0.49 / 0.43 with fresh statistics and
+    0.29 / 0.18 calibrated (conv3_4: 0.59 / 0.51 and 0.46 / 0.49).
+    """
+    import copy
+
+    from histodrl.runs.trainer import autocast_for
+
+    twin = copy.deepcopy(encoder)
+    norms = [m for m in twin.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    twin.train()
+    with torch.no_grad():
+        for x in batches:
+            with autocast_for(x.device, precision):
+                twin(x)
+    return twin.eval()
 
 
 def _pooled(batches: Iterator[dict[str, torch.Tensor]], taps: list[str]) -> dict[str, torch.Tensor]:
