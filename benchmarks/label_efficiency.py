@@ -4,12 +4,12 @@ Runs ``histodrl label-efficiency`` on the 30 MoNuSeg 2018 training tiles in
 ``../shared/data/real/monuseg-train/`` (beside the repository; 1000x1000 px at 0.25 µm/px, nucleus
 masks), split with the default split seed and ``--test-fraction 0.33`` into 20 tiles for
 pretraining and fine-tuning and 10 for scoring, at ``--scale cpu`` (quarter-width trunk, 128 px
-crops; steps sized so that drl, dim, random x 5 seeds x 2-4 label counts take about an hour on 2
+crops; steps sized so that drl, dim, random x 5 seeds x 2-4 label counts take 30-60 min on 2
 CPU cores), and prints the table of mean ± sd over seeds with Welch and paired p-values. Finished
 runs in ``--out`` are reused, so an interrupted benchmark continues where it stopped.
 
     python benchmarks/label_efficiency.py --dry-run            # the plan and its estimated time
-    python benchmarks/label_efficiency.py                      # the whole benchmark (~1 hour)
+    python benchmarks/label_efficiency.py                      # the whole benchmark (30-40 min)
     python benchmarks/label_efficiency.py --seeds 1 --labels 2 # one seed, one label count
     python benchmarks/label_efficiency.py --scale smoke --seeds 2 --methods drl,random
                                                                # the harness (10 runs; scoring

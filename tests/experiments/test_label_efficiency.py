@@ -285,7 +285,7 @@ def test_scores_pair_the_seeds_both_methods_finished():
     assert scores.paired("drl", "dim", "2", "test", "f1") is None
 
 
-def test_the_cpu_plan_of_the_benchmark_is_estimated_at_about_an_hour(tmp_path):
+def test_the_cpu_plan_of_the_benchmark_is_estimated_at_half_an_hour_to_an_hour(tmp_path):
     """drl, dim, random x 5 seeds x 2-4 label counts on 20 training / 10 test 1000 px tiles."""
     from types import SimpleNamespace
 
@@ -302,4 +302,4 @@ def test_the_cpu_plan_of_the_benchmark_is_estimated_at_about_an_hour(tmp_path):
         jobs = le.plan(study)
         assert len(jobs) == 5 * (2 + 3 * n_budgets)
         minutes.append(le.estimate_seconds(study, jobs) / 60)
-    assert 40 <= minutes[0] < minutes[1] < minutes[2] <= 80, minutes
+    assert 25 <= minutes[0] < minutes[1] < minutes[2] <= 75, minutes

@@ -138,7 +138,7 @@ class LabelEfficiencyOptions:
     )
     scale: str = option(
         "cpu",
-        help="cpu: 1/4-wide trunk, 128 px crops, steps sized for 2 CPU cores (about an hour for "
+        help="cpu: 1/4-wide trunk, 128 px crops, steps sized for 2 CPU cores (30-60 min for "
         "3 methods x 5 seeds x 2-4 budgets); smoke: 1/8 wide, 64 px, a few steps (tests); "
         "paper: every command's defaults, for a GPU (default: cpu)",
         choices=SCALE_NAMES,

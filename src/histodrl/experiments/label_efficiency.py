@@ -179,37 +179,39 @@ SCALES: dict[str, StudyScale] = {
         folder_crop=96,
         pcam_crop=96,
         pretrain=(
-            *(("max_steps", 80), ("batch_size", 8), ("lr", 3e-4)),
-            *(("log_every", 5), ("checkpoint_every", 40)),
+            *(("max_steps", 200), ("batch_size", 8), ("lr", 3e-4)),
+            *(("log_every", 5), ("checkpoint_every", 100)),
         ),
         segment=(
-            *(("max_steps", 40), ("batch_size", 4), ("log_every", 5)),
-            *(("checkpoint_every", 20), ("figures", 0), ("overlap", 0.0), ("tile_batch", 16)),
+            *(("max_steps", 120), ("batch_size", 4), ("log_every", 5)),
+            *(("checkpoint_every", 60), ("figures", 0), ("overlap", 0.0), ("tile_batch", 16)),
         ),
         classify=(
             *(("max_steps", 60), ("min_steps", 1), ("batch_size", 32)),
             *(("val_every", 20), ("log_every", 5), ("checkpoint_every", 20)),
         ),
         num_workers=0,
-        # Per-run times on 2 idle cores (benchmarks/label_efficiency.py, MoNuSeg): a DRL step at
-        # batch 8 and 128 px about 0.9 s, DIM 0.4 s, a segmentation step at batch 4 0.45 s, plus
-        # start-up; scoring about 4 s per megapixel of test images (inference and object metrics).
+        # Per-run times on 2 idle cores (benchmarks/label_efficiency.py, MoNuSeg, measured at 80
+        # pretraining / 40 fine-tuning steps: DRL 23-30 s, DIM 12-17 s, segmentation 18-23 s with
+        # scoring, object Hausdorff skipped), scaled to these step counts; scoring about 1 s per
+        # megapixel of test images (inference, F1, object and pixel Dice).
         seconds=(
-            ("pretrain", 70.0),
-            ("pretrain-drl", 90.0),
-            ("pretrain-dim", 47.0),
-            ("segment", 26.0),
-            ("segment-per-mpx", 4.0),
+            ("pretrain", 50.0),
+            ("pretrain-drl", 65.0),
+            ("pretrain-dim", 35.0),
+            ("segment", 38.0),
+            ("segment-per-mpx", 1.0),
             ("classify", 25.0),
             ("classify-per-1000", 20.0),
         ),
         description=(
-            "cpu: trunk width 1/4, 128 px crops (96 px tiles for class folders), 80 steps of "
-            "pretraining (batch 8, Adam 3e-4), 40 steps of segmentation fine-tuning (batch 4, SGD "
+            "cpu: trunk width 1/4, 128 px crops (96 px tiles for class folders), 200 steps of "
+            "pretraining (batch 8, Adam 3e-4), 120 steps of segmentation fine-tuning (batch 4, SGD "
             "0.005, poly; inference with 128 px tiles without overlap) or 60 of classification "
             "(batch 32 or the labelled subset, Adam 1e-3, 3 validations), sized so that drl, dim "
-            "and random x 5 seeds x 2 label counts on the 30 MoNuSeg training tiles (20 train, 10 "
-            "test) take about an hour on 2 CPU cores (`benchmarks/label_efficiency.py`)"
+            "and random x 5 seeds x 2-4 label counts on the 30 MoNuSeg training tiles (20 train, "
+            "10 test) take half an hour to an hour on 2 CPU cores "
+            "(`benchmarks/label_efficiency.py`)"
         ),
     ),
     "paper": StudyScale(
