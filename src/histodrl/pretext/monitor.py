@@ -54,8 +54,9 @@ evaluates. :func:`write_monitor_figure` draws the curves into ``RUN/figures/moni
 8, 2-core CPU): one evaluation at the defaults (256 images or crops) costs about as much as five
 DRL training steps, so ``--monitor-every 200`` adds about 2.5 % to a long run, and with the
 evaluations before the first and after the last step about 3 % to a 400 to 900 step run (measured
-inside monitored 400-step runs: 2.6 % with ``glas:``, 1.8 % with ``folder:``). A run shorter
-than ``--monitor-every`` still has two evaluations (about ten steps' worth).
+inside monitored 400-step runs: 2.6 % with ``glas:``, 1.8 % with ``folder:``). Those figures
+predate :func:`calibrated_copy`, which adds one forward pass over the fit half (about half as much
+again; not re-measured). A run shorter than ``--monitor-every`` still has two evaluations.
 """
 
 from __future__ import annotations
