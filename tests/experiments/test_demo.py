@@ -26,6 +26,8 @@ def test_demo_writes_a_report_with_both_inits_and_both_test_parts(tmp_path, caps
     assert (out / "pretrain-drl" / "figures" / "monitor.png").is_file()
     assert "(the random initialisation)" in report and "pretrain-drl/figures/monitor.png" in report
     assert "data/glas-monitor" in report
+    # The loss terms' first and last values are stated, not assumed.
+    assert "First and last logged values" in report and "L_GCH" in report and "→" in report
 
 
 def test_a_new_demo_replaces_an_old_demo_folder(tmp_path):
