@@ -34,7 +34,7 @@ _MONITOR = "monitor (a probe of the encoder while it trains; it changes nothing 
 MONITOR_KINDS = ("folder", "pcam", "glas", "masks", "monuseg")
 #: Defaults measured to cost at most 5 % of pretraining at the demo's settings
 #: (``benchmarks/monitor_overhead.py``).
-DEFAULT_MONITOR_EVERY = 200
+DEFAULT_MONITOR_EVERY = 500
 DEFAULT_MONITOR_IMAGES = 256
 
 

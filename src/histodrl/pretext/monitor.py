@@ -51,12 +51,12 @@ the same per block as ``monitor/knn_acc_<block>`` etc. On a multi-process run on
 evaluates. :func:`write_monitor_figure` draws the curves into ``RUN/figures/monitor.png``.
 
 **Cost** (``benchmarks/monitor_overhead.py``, the demo's settings: width 0.25, 96 px crops, batch
-8, 2-core CPU): one evaluation at the defaults (256 images or crops) costs about as much as five
-DRL training steps, so ``--monitor-every 200`` adds about 2.5 % to a long run, and with the
-evaluations before the first and after the last step about 3 % to a 400 to 900 step run (measured
-inside monitored 400-step runs: 2.6 % with ``glas:``, 1.8 % with ``folder:``). Those figures
-predate :func:`calibrated_copy`, which adds one forward pass over the fit half (about half as much
-again; not re-measured). A run shorter than ``--monitor-every`` still has two evaluations.
+8, 2-core CPU, BatchNorm calibration included): one evaluation at the defaults (256 images or
+crops) took 2.1-2.5 s, about ten DRL training steps. ``python benchmarks/monitor_overhead.py
+--steps 1000`` (default ``--monitor-every 500``, 3 evaluations): 7.3 s of evaluations, 3.4 % of the
+rest of the monitored run; runs without / with the monitor 213.2 s / 222.3 s (+4.3 %). With the
+earlier default of 200, a 400-step run spent 7.5 % in evaluations. A run shorter than
+``--monitor-every`` still has two evaluations.
 """
 
 from __future__ import annotations
