@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     from histodrl.nn import build_encoder, load_encoder
     from histodrl.pretext.monitor import evaluate, load_monitor_sample
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     sample = load_monitor_sample(args.probe, args.crop, args.images)
     print(f"probe: {sample.description}", flush=True)
     taps = ["conv3_4", "conv4_4"]

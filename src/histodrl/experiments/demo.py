@@ -193,6 +193,32 @@ def _metric_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: The pretraining columns the report draws and summarises.
+LOSS_KEYS = (
+    "train/lsh",
+    "train/gch",
+    "train/gch_acc",
+    "train/prior",
+    "train/prior_d",
+    "train/sigmoid_pos",
+    "train/sigmoid_neg",
+)
+
+
+def _series(run: Path) -> dict[str, list[tuple[float, float]]]:
+    """``{key: [(step, value), ...]}`` of :data:`LOSS_KEYS` from ``run/metrics.csv``."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    path = run / METRICS_CSV
+    if not path.is_file():
+        return series
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key in LOSS_KEYS:
+                if row.get(key) not in (None, ""):
+                    series.setdefault(key, []).append((float(row["step"]), float(row[key])))
+    return series
+
+
 def _loss_curves(run: Path, png: Path) -> Path | None:
     """Plot the logged pretraining losses (L_LSH, L_GCH, prior) against the step."""
     path = run / METRICS_CSV
@@ -203,19 +229,7 @@ def _loss_curves(run: Path, png: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[float, float]]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            for key in (
-                "train/lsh",
-                "train/gch",
-                "train/prior",
-                "train/prior_d",
-                "train/sigmoid_pos",
-                "train/sigmoid_neg",
-            ):
-                if row.get(key) not in (None, ""):
-                    series.setdefault(key, []).append((float(row["step"]), float(row[key])))
+    series = _series(run)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     names = {
         "train/lsh": "L_LSH",
@@ -248,12 +262,10 @@ def _loss_curves(run: Path, png: Path) -> Path | None:
 
 def _loss_lines(pretrain: Path) -> list[str]:
     """The report's sentence on the loss terms: the first and last logged means of each."""
-    path = pretrain / METRICS_CSV
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    series = _series(pretrain)
 
     def ends(key: str) -> tuple[float, float] | None:
-        values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+        values = [v for _, v in series.get(key, [])]
         if not values:
             return None
         n = max(1, min(10, len(values) // 4))

@@ -24,6 +24,7 @@ This module knows no method or task by name.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -80,34 +81,37 @@ class Task(Generic[OptionsT]):
 
     def execute(self, run: Path, options: OptionsT) -> Any:
         """The work of a task that does not train with Lightning (called instead of training)."""
-        raise NotImplementedError
+        raise TypeError(
+            f"{type(self).__name__}: a task is either a LightningTask or defines execute()"
+        )
 
     def finish(self, run: Path, options: OptionsT, result: Any) -> Any:
         """Write the results (global rank 0 only); returns what the command returns."""
         return result
 
 
-class LightningTask(Task[OptionsT]):
+class LightningTask(Task[OptionsT], abc.ABC):
     """A task that trains a LightningModule for a fixed number of steps."""
 
     resume_changeable: ClassVar[frozenset[str]] = frozenset({"max_steps"})
 
+    @abc.abstractmethod
     def total_steps(self, options: OptionsT, world_size: int) -> int:
-        raise NotImplementedError
+        """Optimizer steps of the whole run on ``world_size`` processes."""
 
     def callbacks(self, options: OptionsT) -> list[Any]:
         return []
 
+    @abc.abstractmethod
     def module(self, options: OptionsT, total_steps: int) -> Any:
         """The LightningModule (randomly initialised from the seed)."""
-        raise NotImplementedError
 
     def init_weights(self, module: Any, options: OptionsT) -> None:
         """Load starting weights (``--init``) into a new run's module; not called on resume."""
 
+    @abc.abstractmethod
     def loader(self, module: Any, options: OptionsT, total_steps: int) -> Any:
         """The training DataLoader, built once the trainer knows this process's rank."""
-        raise NotImplementedError
 
     def trained(
         self, run: Path, module: Any, trainer: Any, options: OptionsT, total_steps: int
